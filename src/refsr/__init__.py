@@ -1,0 +1,32 @@
+"""refsr: reference-based image super-resolution in PyTorch.
+
+The public names are fixed by ``API.md``:
+
+>>> import refsr
+>>> "bicubic" in refsr.list_models()
+True
+"""
+
+from __future__ import annotations
+
+from refsr import matching, metrics
+from refsr.errors import RefsrError
+from refsr.hub import create_model
+from refsr.imresize import imresize
+from refsr.inference import upscale
+from refsr.models import DEFAULT_MODEL, convert_official, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RefsrError",
+    "create_model",
+    "convert_official",
+    "list_models",
+    "upscale",
+    "imresize",
+    "metrics",
+    "matching",
+    "DEFAULT_MODEL",
+    "__version__",
+]

