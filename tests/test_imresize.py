@@ -205,7 +205,10 @@ def test_chunked_passes_match_a_single_chunk(monkeypatch: pytest.MonkeyPatch) ->
     photo = load_photo("astronaut.png")[:64, :80]
     batch = torch.from_numpy(np.stack([photo, photo[::-1]])).permute(0, 3, 1, 2).contiguous()
     floats = batch.double() / 255.0
-    whole = {k: (imresize(batch, size=(23, 150), kernel=k), imresize(floats, 1 / 3, kernel=k)) for k in ("pil", "matlab")}
+    whole = {
+        kernel: (imresize(batch, size=(23, 150), kernel=kernel), imresize(floats, 1 / 3, kernel=kernel))
+        for kernel in ("pil", "matlab")
+    }
     for budget in (50_000, 700):
         monkeypatch.setattr(imresize_module, "_CHUNK_ELEMENTS", budget)
         for kernel, (as_uint8, as_float) in whole.items():
@@ -289,7 +292,8 @@ def matlab_weights(in_len: int, out_len: int, scale: float) -> list[list[tuple[i
     rows = []
     for x in range(1, out_len + 1):
         u = x / scale + 0.5 * (1 - 1 / scale)  # 1-based input coordinate of output pixel x
-        taps = [(mirror(j - 1, in_len), kernel(u - j)) for j in range(math.floor(u - width / 2), math.ceil(u + width / 2) + 1)]
+        reach = range(math.floor(u - width / 2), math.ceil(u + width / 2) + 1)  # 1-based input pixels
+        taps = [(mirror(j - 1, in_len), kernel(u - j)) for j in reach]
         total = sum(weight for _, weight in taps)
         rows.append([(i, weight / total) for i, weight in taps])
     return rows
