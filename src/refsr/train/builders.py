@@ -1,0 +1,455 @@
+"""From config names to objects: datasets, augmentation, the model, losses, optimisers and the lr schedule.
+
+Datasets (:data:`DATASETS`) map a config name to a class of :mod:`refsr.data`; the options a config gives
+a dataset are checked against the class's signature (with a suggestion for a misspelt one) before anything
+is built. ``seed``, ``transform`` and ``root`` are filled in by the engine; ``scale`` defaults to the
+model's, and ``with_ref_down`` to true.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import difflib
+import importlib
+import inspect
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from refsr.errors import RefsrError
+from refsr.train.config import (
+    AdversarialLossConfig,
+    CharbonnierLossConfig,
+    Config,
+    L1LossConfig,
+    MSELossConfig,
+    OptimizerConfig,
+    PerceptualLossConfig,
+    ScheduleConfig,
+    TrainDataConfig,
+    ValConfig,
+)
+
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "check_dataset_options",
+    "build_dataset",
+    "TrainingSet",
+    "build_training_set",
+    "build_val_set",
+    "collate_samples",
+    "build_model",
+    "call_model",
+    "LossTerm",
+    "build_loss_terms",
+    "build_discriminator",
+    "build_optimizer",
+    "lr_factor",
+    "apply_lr",
+]
+
+# The data module's stream number for training augmentation (refsr.data.standard.STREAM_TRANSFORM).
+_STREAM_TRANSFORM = 3
+# Keys the engine fills in; a config may not set them.
+_RESERVED = ("self", "root", "seed", "transform")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset a config can name: ``module:attribute`` of its class, and whether it needs a root."""
+
+    target: str
+    root_required: bool = True
+    doc: str = ""
+
+    def resolve(self) -> type:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cufed-train": DatasetSpec("refsr.data.cufed:CUFEDTrain", doc="CUFED training pairs (11,871)"),
+    "cufed5": DatasetSpec("refsr.data.cufed:CUFED5", doc="CUFED5 test set (126 images, 5 reference levels)"),
+    "sun80": DatasetSpec("refsr.data.benchmarks:Sun80", doc="Sun80 with scene-match references"),
+    "urban100": DatasetSpec("refsr.data.benchmarks:Urban100", doc="Urban100, LR as reference"),
+    "manga109": DatasetSpec("refsr.data.benchmarks:Manga109", doc="Manga109, another page as reference"),
+    "sintel": DatasetSpec("refsr.data.sintel:SintelPairs", doc="MPI Sintel frame pairs"),
+    "lightfield": DatasetSpec("refsr.data.lightfield:LightFieldGrid", doc="light-field view pairs"),
+    "open-pairs": DatasetSpec("refsr.data.open_pairs:OpenPairs", root_required=False,
+                              doc="the open benchmark's real pairs (refsr data fetch)"),
+    "open-synthetic": DatasetSpec("refsr.data.synthetic:SyntheticRefPairs", root_required=False,
+                                  doc="photos with synthetic references (manifest photos, or 'paths')"),
+}
+
+
+def _synthetic_options() -> list[str]:
+    from refsr.data.synthetic import SyntheticRefConfig, SyntheticRefPairs
+
+    own = [n for n in inspect.signature(SyntheticRefPairs.__init__).parameters if n not in _RESERVED]
+    return own + [f.name for f in dataclasses.fields(SyntheticRefConfig)] + ["paths"]
+
+
+def dataset_options(name: str) -> list[str]:
+    """The options a config may give dataset ``name``."""
+    spec = _spec(name, "dataset")
+    if name == "open-synthetic":
+        return _synthetic_options()
+    params = inspect.signature(spec.resolve().__init__).parameters
+    return [n for n, p in params.items() if n not in _RESERVED and p.kind is not inspect.Parameter.VAR_KEYWORD]
+
+
+def _spec(name: str, path: str) -> DatasetSpec:
+    if name not in DATASETS:
+        close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise RefsrError(f"{path}: unknown dataset {name!r}{hint} (known: {', '.join(DATASETS)})")
+    return DATASETS[name]
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any], path: str) -> None:
+    """Raise a :class:`RefsrError` naming ``path.<option>`` for an option dataset ``name`` does not take."""
+    _spec(name, f"{path}.dataset")
+    allowed = dataset_options(name)
+    for key in options:
+        if key in _RESERVED:
+            raise RefsrError(f"{path}.{key}: set by the engine; remove it")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise RefsrError(f"{path}.{key}: unknown field{hint} (options of dataset {name!r}: {', '.join(allowed)})")
+
+
+def _expand(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser())
+
+
+def build_dataset(
+    name: str, root: str | None, options: Mapping[str, Any], *, seed: int, scale: int, path: str,
+    protocol: str | None = None,
+) -> Dataset:
+    """Instantiate dataset ``name`` (errors name ``path``)."""
+    spec = _spec(name, f"{path}.dataset")
+    check_dataset_options(name, options, path)
+    allowed = dataset_options(name)
+    # YAML gives lists where the datasets take tuples (scale_range, views); a tuple serves as a sequence too.
+    kwargs = {k: (tuple(v) if isinstance(v, list) and k != "paths" else v) for k, v in options.items()}
+    if "scale" in allowed:
+        kwargs.setdefault("scale", scale)
+    if "with_ref_down" in allowed:
+        kwargs.setdefault("with_ref_down", True)
+    if protocol is not None and "protocol" in allowed:
+        kwargs.setdefault("protocol", protocol)
+    if spec.root_required and root is None:
+        raise RefsrError(f"{path}.root: dataset {name!r} needs the folder it is in")
+    try:
+        if name == "open-synthetic":
+            return _build_synthetic(root, kwargs, seed)
+        cls = spec.resolve()
+        params = inspect.signature(cls.__init__).parameters
+        if "seed" in params:
+            kwargs["seed"] = seed
+        if "root" in params:
+            return cls(_expand(root), **kwargs)
+        return cls(**kwargs)
+    except RefsrError as exc:
+        raise RefsrError(f"{path}: {exc}") from None
+    except TypeError as exc:  # a wrongly typed option the dataset did not check itself
+        raise RefsrError(f"{path}: bad options for dataset {name!r} ({exc})") from None
+
+
+def _build_synthetic(root: str | None, kwargs: dict[str, Any], seed: int) -> Dataset:
+    from refsr.data.synthetic import SyntheticRefConfig, SyntheticRefPairs
+
+    config_keys = {f.name for f in dataclasses.fields(SyntheticRefConfig)}
+    synth = SyntheticRefConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in config_keys})
+    paths = kwargs.pop("paths", None)
+    if paths is not None:
+        base = Path(root).expanduser() if root is not None else Path()
+        files = [base / Path(p).expanduser() for p in ([paths] if isinstance(paths, str) else paths)]
+        for unused in ("split", "sources", "skip_missing"):
+            if unused in kwargs:
+                raise RefsrError(f"{unused}: not used with 'paths' (photos listed by hand)")
+        return SyntheticRefPairs.from_paths(files, config=synth, seed=seed, **kwargs)
+    return SyntheticRefPairs(_expand(root), config=synth, seed=seed, **kwargs)
+
+
+def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Callable | None:
+    from refsr.data import augment as aug
+
+    steps: list[nn.Module] = []
+    a = cfg.augment
+    if a.name == "masa":
+        steps.append(aug.masa_augment(swap_prob=a.swap_prob, jitter=a.jitter, geometric=geometric))
+    elif a.name == "c2" and geometric:
+        steps.append(aug.c2_augment())
+    elif a.name == "ttsr" and geometric:
+        steps.append(aug.ttsr_augment())
+    # Crop after the augmentation: MASA's role swap exchanges input and reference first.
+    if cfg.crop is not None:
+        steps.append(aug.PairedRandomCrop(cfg.crop // scale, ref=cfg.crop_ref))
+    return aug.Compose(*steps) if steps else None
+
+
+class TrainingSet(Dataset):
+    """Training sources concatenated; each sample augmented and cropped with a generator seeded by
+    ``(seed, stream, epoch, index)``, so the same seed gives the same samples in any worker, in any order.
+
+    Args:
+        sources: the datasets (each returns dicts of ``(3, H, W)`` float32 RGB tensors in [0, 1]).
+        transforms: ``transforms(epoch)`` is the sample transform of that epoch (or None).
+        seed: the run's seed.
+    """
+
+    def __init__(self, sources: Sequence[Dataset], transforms: Callable[[int], Callable | None], seed: int) -> None:
+        self.sources = list(sources)
+        self.sizes = [len(s) for s in self.sources]  # type: ignore[arg-type]
+        self.offsets = [0]
+        for size in self.sizes:
+            self.offsets.append(self.offsets[-1] + size)
+        self.transforms = transforms
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        for source in self.sources:
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from refsr.data.standard import seeded_generator
+
+        which = bisect.bisect_right(self.offsets, index) - 1
+        sample = self.sources[which][index - self.offsets[which]]
+        transform = self.transforms(self.epoch)
+        if transform is not None:
+            sample = transform(sample, generator=seeded_generator(self.seed, _STREAM_TRANSFORM, self.epoch, index))
+        return sample
+
+
+def build_training_set(cfg: Config, scale: int) -> TrainingSet:
+    """The training set of ``cfg.data.train``; the model's ``scale`` sets the datasets' and the crop's."""
+    data = cfg.data.train
+    if data.crop is not None and data.crop % scale:
+        raise RefsrError(f"data.train.crop: {data.crop} must divide by the model's scale {scale}")
+    sources = [
+        build_dataset(s.dataset, s.root, s.options, seed=cfg.seed, scale=scale, protocol=data.protocol,
+                      path=f"data.train.sources[{i}]")
+        for i, s in enumerate(data.sources)
+    ]
+    for i, source in enumerate(sources):
+        if len(source) == 0:  # type: ignore[arg-type]
+            raise RefsrError(f"data.train.sources[{i}]: the dataset is empty")
+    transforms = EpochTransforms(_augment_pipeline(data, scale, geometric=False),
+                                 _augment_pipeline(data, scale, geometric=True), data.augment.geometric_from_epoch)
+    return TrainingSet(sources, transforms, cfg.seed)
+
+
+@dataclass
+class EpochTransforms:
+    """The sample transform of an epoch: flips and rotations only from ``geometric_from`` on (MASA's warm-up).
+    A class rather than a closure, so that DataLoader workers started with ``spawn`` can unpickle it."""
+
+    without_geometric: Callable | None
+    with_geometric: Callable | None
+    geometric_from: int | None
+
+    def __call__(self, epoch: int) -> Callable | None:
+        if self.geometric_from is not None and epoch >= self.geometric_from:
+            return self.with_geometric
+        return self.without_geometric
+
+
+def build_val_set(val: ValConfig, *, seed: int, scale: int) -> Dataset:
+    from refsr.metrics import get_protocol
+
+    try:
+        get_protocol(val.protocol)
+    except RefsrError as exc:
+        raise RefsrError(f"data.val.protocol: {exc}") from None
+    dataset_protocol = val.protocol if val.protocol in ("masa", "c2", "amsa", "ttsr") else None
+    ds = build_dataset(val.dataset, val.root, val.options, seed=seed, scale=scale, path="data.val",
+                       protocol=dataset_protocol)
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise RefsrError("data.val: the validation set is empty")
+    return ds
+
+
+_IMAGE_KEYS = ("lr", "ref", "hr", "ref_down")
+
+
+def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack ``lr``, ``ref``, ``hr`` (and ``ref_down`` when every sample has it) into ``(B, 3, H, W)``."""
+    out: dict[str, Any] = {}
+    for key in _IMAGE_KEYS:
+        if not all(key in s for s in samples):
+            if key != "ref_down":
+                raise RefsrError(f"a training sample has no {key!r}")
+            continue
+        shapes = {tuple(s[key].shape) for s in samples}
+        if len(shapes) > 1:
+            raise RefsrError(
+                f"training samples differ in size ({key}: {', '.join(map(str, sorted(shapes)))}); "
+                "set data.train.crop to crop them to one size"
+            )
+        out[key] = torch.stack([s[key] for s in samples])
+    out["name"] = [str(s.get("name", "")) for s in samples]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ model
+def build_model(cfg: Config) -> nn.Module:
+    """The model of ``cfg.model``, initialised under ``cfg.seed`` (same weights on every process)."""
+    from refsr.hub import create_model
+
+    torch.manual_seed(cfg.seed)
+    init = cfg.model.init
+    if init is not None and init != "default":
+        init = str(Path(init).expanduser())
+    try:
+        model = create_model(cfg.model.name, weights=init, **cfg.model.overrides)
+    except RefsrError as exc:
+        raise RefsrError(f"model: {exc}") from None
+    return model.train()
+
+
+def _takes_ref_down(model: nn.Module) -> bool:
+    try:
+        return "ref_down" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_model(model: nn.Module, batch: Mapping[str, torch.Tensor], *, takes_ref_down: bool) -> torch.Tensor:
+    """``model(lr, ref)``, with ``ref_down=`` when the model takes it and the batch has it."""
+    if takes_ref_down and "ref_down" in batch:
+        return model(batch["lr"], batch["ref"], ref_down=batch["ref_down"])
+    return model(batch["lr"], batch["ref"])
+
+
+# ----------------------------------------------------------------------------------------------- losses
+@dataclass
+class LossTerm:
+    """One weighted term of the generator's loss: ``weight * fn(sr, hr)``, used from ``start`` on."""
+
+    name: str
+    weight: float
+    start: int
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_loss_terms(cfg: Config, device: torch.device) -> list[LossTerm]:
+    """The generator's loss terms except the adversarial one (see :func:`build_discriminator`)."""
+    from refsr import losses as L
+
+    terms = []
+    for i, loss in enumerate(cfg.losses):
+        try:
+            if isinstance(loss, L1LossConfig):
+                fn: Callable = L.l1_loss
+            elif isinstance(loss, CharbonnierLossConfig):
+                fn = L.CharbonnierLoss(eps=loss.eps)
+            elif isinstance(loss, MSELossConfig):
+                fn = nn.functional.mse_loss
+            elif isinstance(loss, PerceptualLossConfig):
+                fn = L.PerceptualLoss(str(Path(loss.vgg_weights).expanduser()), layer=loss.layer,
+                                      criterion=loss.criterion).to(device)
+            elif isinstance(loss, AdversarialLossConfig):
+                continue
+            else:  # pragma: no cover - the config parser admits no other kind
+                raise RefsrError(f"unknown loss {loss!r}")
+        except RefsrError as exc:
+            raise RefsrError(f"losses[{i}]: {exc}") from None
+        terms.append(LossTerm(loss.name, loss.weight, loss.start_iteration, fn))
+    return terms
+
+
+def build_discriminator(cfg: AdversarialLossConfig, seed: int) -> nn.Module:
+    from refsr.losses import VGGStyleDiscriminator
+
+    torch.manual_seed(seed + 1)  # its own stream, so adding a GAN never changes the generator's init
+    try:
+        return VGGStyleDiscriminator(nf=cfg.discriminator.nf, input_size=cfg.discriminator.input_size).train()
+    except RefsrError as exc:
+        raise RefsrError(f"losses: adversarial: {exc}") from None
+
+
+# -------------------------------------------------------------------------------------------- optimiser
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, *, path: str = "optimizer") -> torch.optim.Optimizer:
+    """Adam or AdamW over ``model``'s trainable parameters, split into the configured groups.
+
+    Each parameter goes to the first group whose ``match`` it matches (``re.search`` on its name), the rest
+    to the default group. Every group carries ``name`` and ``initial_lr`` (the lr before the schedule).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise RefsrError(f"{path}: the model has no trainable parameters")
+    patterns = [re.compile(g.match) for g in cfg.param_groups]
+    members: list[list[nn.Parameter]] = [[] for _ in cfg.param_groups]
+    rest: list[nn.Parameter] = []
+    for name, p in named:
+        for i, pattern in enumerate(patterns):
+            if pattern.search(name):
+                members[i].append(p)
+                break
+        else:
+            rest.append(p)
+    groups = []
+    for i, (group, params) in enumerate(zip(cfg.param_groups, members)):
+        if not params:
+            raise RefsrError(f"{path}.param_groups[{i}].match: {group.match!r} matches no trainable parameter")
+        lr = cfg.lr if group.lr is None else group.lr
+        wd = cfg.weight_decay if group.weight_decay is None else group.weight_decay
+        groups.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": wd, "name": group.match})
+    if rest:
+        groups.append({"params": rest, "lr": cfg.lr, "initial_lr": cfg.lr, "weight_decay": cfg.weight_decay,
+                       "name": "default"})
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def lr_factor(
+    cfg: ScheduleConfig, *, iteration: int, epoch: int, total_units: int | None, base_lr: float
+) -> float:
+    """The factor on every group's lr at ``iteration`` (optimiser steps done) in ``epoch``.
+
+    - cosine: ``eta + (1 - eta) * (1 + cos(pi * u / t_max)) / 2`` with ``u = min(unit + offset, t_max)`` and
+      ``eta = eta_min / base_lr`` (groups with their own lr scale ``eta_min`` in proportion), as
+      ``CosineAnnealingLR`` within its first half-period;
+    - multistep: ``gamma ** (number of milestones <= unit + offset)``, as ``MultiStepLR``;
+    - warm-up: times ``(iteration + 1) / warmup_iterations`` during the first ``warmup_iterations``.
+    """
+    unit = (iteration if cfg.unit == "iteration" else epoch) + cfg.offset
+    if cfg.name == "cosine":
+        t_max = cfg.t_max if cfg.t_max is not None else total_units
+        if not t_max:
+            raise RefsrError("schedule.t_max: cannot tell the run's length; set it")
+        eta = cfg.eta_min / base_lr if base_lr > 0 else 0.0
+        u = min(unit, t_max)
+        factor = eta + (1.0 - eta) * (1.0 + math.cos(math.pi * u / t_max)) / 2.0
+    elif cfg.name == "multistep":
+        factor = cfg.gamma ** bisect.bisect_right(cfg.milestones, unit)
+    else:
+        factor = 1.0
+    if cfg.warmup_iterations and iteration < cfg.warmup_iterations:
+        factor *= (iteration + 1) / cfg.warmup_iterations
+    return factor
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Set every group's lr to its ``initial_lr`` times ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor

@@ -1,0 +1,218 @@
+"""The training config: every mistake is a clear error that names the field; overrides; durations; round trip."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from refsr.errors import RefsrError
+from refsr.train.config import (
+    AdversarialLossConfig,
+    Interval,
+    apply_overrides,
+    config_to_dict,
+    describe_schema,
+    load_config,
+    parse_config,
+    parse_duration,
+    schema_paths,
+)
+
+import tiny_sr  # noqa: F401  (registers the tiny-sr-test model)
+
+HERE = Path(__file__).parent
+CONFIGS = HERE.parents[1] / "configs"
+
+
+def tiny() -> dict:
+    return yaml.safe_load((HERE / "tiny.yaml").read_text())
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(RefsrError) as err:
+        parse_config(data)
+    return str(err.value)
+
+
+def test_the_tiny_config_parses_to_the_documented_values():
+    cfg = parse_config(tiny())
+    assert cfg.model.name == "tiny-sr-test" and cfg.model.overrides == {"nf": 8}
+    source = cfg.data.train.sources[0]
+    assert source.dataset == "open-synthetic" and source.options["patch"] == 32 and source.weight is None
+    assert cfg.train.checkpoint_interval == Interval(iterations=2)
+    assert cfg.optimizer.param_groups[0].match == "offset" and cfg.optimizer.param_groups[0].lr == 1e-4
+    assert cfg.optimizer.betas == (0.9, 0.999)
+    assert cfg.schedule.name == "cosine" and cfg.schedule.offset == 1
+    assert cfg.data.val is not None and cfg.data.val.interval == Interval(iterations=3)
+    assert cfg.adversarial is None
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["train"].update(bacth=4), "train.bacth: unknown field; did you mean batch?"),
+        (lambda d: d["train"].update(batch=0), "train.batch: must be >= 1, got 0"),
+        (lambda d: d["train"].update(batch="four"), "train.batch: expected an integer, got 'four'"),
+        (lambda d: d["optimizer"].update(lr="fast"), "optimizer.lr: expected a number, got 'fast'"),
+        (lambda d: d["optimizer"].update(betas=[0.9]), "optimizer.betas: expected a list of 2 values"),
+        (lambda d: d["optimizer"].update(betas=[0.9, 1.5]), "optimizer.betas[1]: must be in [0, 1)"),
+        (lambda d: d["optimizer"].update(name="sgd"), "optimizer.name: unknown value 'sgd' (choose one of adam, adamw)"),
+        (lambda d: d["optimizer"]["param_groups"][0].update(match="(offset"),
+         "optimizer.param_groups[0].match: not a valid regular expression"),
+        (lambda d: d["schedule"].update(name="cosin"), "schedule.name: unknown value 'cosin'; did you mean cosine?"),
+        (lambda d: d["schedule"].update(milestones=[2, 4]), "schedule.milestones: only used by the multistep"),
+        (lambda d: d["losses"].append({"name": "l2"}), "losses[1].name: unknown loss 'l2'; did you mean l1?"),
+        (lambda d: d["losses"].append({"name": "l1"}), "losses[1].name: 'l1' is listed twice"),
+        (lambda d: d["losses"][0].update(wieght=2), "losses[0].wieght: unknown field; did you mean weight?"),
+        (lambda d: d.update(losses=[]), "losses: give at least one loss"),
+        (lambda d: d["losses"].append({"name": "perceptual"}), "losses[1].vgg_weights: required field is missing"),
+        (lambda d: d["model"].pop("name"), "model.name: required field is missing"),
+        (lambda d: d["model"].update(name="mas"), "model.name: unknown model 'mas'"),
+        (lambda d: d["model"]["overrides"].update(nff=4),
+         "model.overrides.nff: model 'tiny-sr-test' has no such option; did you mean nf?"),
+        (lambda d: d["data"]["train"]["sources"][0].update(pach=32),
+         "data.train.sources[0].pach: unknown field; did you mean patch?"),
+        (lambda d: d["data"]["train"]["sources"][0].update(dataset="cufed"),
+         "data.train.sources[0].dataset: unknown dataset 'cufed'"),
+        (lambda d: d["data"]["train"]["sources"][0].update(seed=3), "data.train.sources[0].seed: set by the engine"),
+        (lambda d: d["data"]["train"]["augment"].update(name="c2", jitter=False),
+         "data.train.augment.jitter: only used by the masa augmentation"),
+        (lambda d: d["data"]["val"].update(select="loss"), "data.val.select: unknown value 'loss'"),
+        (lambda d: d["data"]["val"].update(interval={"epochs": 1, "iterations": 2}),
+         "data.val.interval: give exactly one of iterations or epochs"),
+        (lambda d: d["train"].update(epochs=3), "train: give iterations or epochs, not both"),
+        (lambda d: d["train"].pop("iterations"), "train: say how long to train"),
+        (lambda d: d["train"].update(time_budget="2 hours"), "train.time_budget: cannot read '2 hours'"),
+        (lambda d: d["train"].update(ema_decay=1.5), "train.ema_decay: must be <= 1.0"),
+        (lambda d: d.update(data=[1]), "data: expected a mapping"),
+        (lambda d: d.update(imports=["no_such_module_xyz"]), "imports[0]: cannot import 'no_such_module_xyz'"),
+        (lambda d: d["losses"].append({"name": "adversarial", "discriminator": {"input_size": 48}}),
+         "losses[1].discriminator.input_size: must divide by 32"),
+    ],
+)
+def test_a_bad_field_gets_an_error_naming_it(edit, message):
+    data = tiny()
+    edit(data)
+    assert message in error_of(data)
+
+
+def test_cross_field_checks():
+    data = tiny()
+    data["data"]["train"]["crop"] = 64
+    data["losses"].append({"name": "adversarial", "discriminator": {"input_size": 32}})
+    assert "losses[1].discriminator.input_size: 32 differs from the HR crop data.train.crop = 64" in error_of(data)
+    data["data"]["train"]["crop"] = 32
+    data["train"]["batch"] = 1
+    assert "train.batch: the discriminator's batch norm needs at least 2" in error_of(data)
+    data = tiny()
+    data["schedule"].pop("t_max")
+    data["train"].pop("iterations")
+    data["train"]["time_budget"] = "1h"
+    assert "schedule.t_max: required for a cosine schedule" in error_of(data)
+    data = tiny()
+    data["data"]["train"]["sources"].append({"dataset": "open-synthetic", "weight": 1.0, "paths": ["x.png"]})
+    assert "data.train.sources: give a weight to every source or to none" in error_of(data)
+
+
+def test_yaml_1_1_floats_and_interval_shorthand_are_accepted():
+    data = tiny()
+    data["optimizer"]["lr"] = "2e-4"  # what YAML 1.1 makes of 2e-4
+    data["train"]["checkpoint_interval"] = 5
+    data["losses"].append({"name": "adversarial", "weight": "5e-3", "discriminator": {"nf": 4, "input_size": 32}})
+    cfg = parse_config(data)
+    assert cfg.optimizer.lr == 2e-4 and cfg.train.checkpoint_interval == Interval(iterations=5)
+    adv = cfg.adversarial
+    assert isinstance(adv, AdversarialLossConfig) and adv.weight == 5e-3
+    assert adv.optimizer.betas == (0.0, 0.9)  # the discriminator's default, MASA's
+
+
+@pytest.mark.parametrize("text, seconds", [("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("1.5h", 5400),
+                                           ("2d", 172800), ("10min", 600), (3600, 3600), ("0.25", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "h", "2 hours", "-1h", 0, "1h 2x"])
+def test_bad_durations(bad):
+    with pytest.raises(RefsrError, match="time_budget"):
+        parse_duration(bad)
+
+
+def test_overrides_set_nested_fields_list_items_and_yaml_values():
+    data = tiny()
+    apply_overrides(data, ["train.batch=4", "losses.0.weight=0.5", "optimizer.betas=[0.0, 0.9]",
+                           "model.init=null", "data.train.sources.0.patch=48", "schedule.name=multistep",
+                           "schedule.milestones=[2, 4]", "schedule.t_max=null", "schedule.eta_min=0.0"])
+    assert data["train"]["batch"] == 4 and data["losses"][0]["weight"] == 0.5
+    assert data["optimizer"]["betas"] == [0.0, 0.9] and data["model"]["init"] is None
+    del data["schedule"]["t_max"], data["schedule"]["eta_min"]
+    cfg = parse_config(data)
+    assert cfg.train.batch == 4 and cfg.schedule.milestones == [2, 4]
+    assert cfg.data.train.sources[0].options["patch"] == 48
+    for bad, message in [("train.batch", "expected key.path=value"), ("=3", "expected key.path=value"),
+                         ("losses.5.weight=1", "a list of 1 items needs an index 0..0"),
+                         ("seed.x=1", "seed is 7, not a mapping"), ("train.batch=[1", "not valid YAML")]:
+        with pytest.raises(RefsrError, match=message):
+            apply_overrides(tiny(), [bad])
+
+
+def test_load_config_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text((HERE / "tiny.yaml").read_text())
+    cfg = load_config(path, ["name=null"])
+    assert cfg.name == "run"  # the file's stem when the config has no name
+    with pytest.raises(RefsrError, match=r"run\.yaml: train\.bacth: unknown field; did you mean batch\?"):
+        load_config(path, ["train.bacth=2"])
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(RefsrError, match=r"run\.yaml: not valid YAML"):
+        load_config(path)
+    path.write_text("")
+    with pytest.raises(RefsrError, match="the config is empty"):
+        load_config(path)
+    with pytest.raises(RefsrError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_the_resolved_config_reads_back_the_same():
+    cfg = parse_config(tiny())
+    plain = config_to_dict(cfg)
+    assert parse_config(copy.deepcopy(yaml.safe_load(yaml.safe_dump(plain)))) == cfg
+
+
+def test_cli_reports_a_bad_config_in_one_line(capsys, tmp_path):
+    from refsr.train.cli import main
+
+    status = main([str(HERE / "tiny.yaml"), "--out", str(tmp_path), "--set", "train.bacth=2"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert err.startswith("refsr: error: ") and "train.bacth: unknown field; did you mean batch?" in err
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_the_schema_description_covers_every_field():
+    paths = schema_paths()
+    for expected in ("train.batch", "train.time_budget", "train.grad_accumulation", "train.ema_decay",
+                     "optimizer.param_groups[].match", "schedule.unit", "data.val.interval",
+                     "losses[name=adversarial].discriminator.input_size", "data.train.sources[].<option>"):
+        assert expected in paths
+    assert len(paths) == len(set(paths)) and all(" -- " in line for line in describe_schema().splitlines())
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(CONFIGS / name)
+    assert parse_config(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))) == cfg
+
+
+def test_the_configs_readme_follows_the_schema():
+    from refsr.train.builders import DATASETS
+
+    readme = (CONFIGS / "README.md").read_text(encoding="utf-8")
+    assert describe_schema() in readme  # the generated field list is current
+    for name in DATASETS:
+        assert f"| `{name}` |" in readme
+    for config in CONFIGS.glob("*.yaml"):
+        assert f"`{config.name}`" in readme
