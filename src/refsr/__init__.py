@@ -9,7 +9,7 @@ True
 
 from __future__ import annotations
 
-from refsr import matching, metrics
+from refsr import matching, metrics, ops
 from refsr.errors import RefsrError
 from refsr.hub import create_model
 from refsr.imresize import imresize
@@ -27,6 +27,7 @@ __all__ = [
     "imresize",
     "metrics",
     "matching",
+    "ops",
     "DEFAULT_MODEL",
     "__version__",
 ]
