@@ -302,3 +302,57 @@ def test_the_shipped_masa_lite_config_trains_on_the_test_photos(tmp_path):
     model = refsr.create_model("masa-lite", weights=tmp_path / "checkpoints/best/model.safetensors",
                                nf=8, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1))
     assert all(torch.equal(v, summary.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------ GAN kinds, AMSA's lr groups
+@pytest.mark.parametrize("adversarial, discriminator_type", [
+    ("{name: adversarial, kind: wgan_gp, gradient_penalty: 10.0, weight: 1.0e-6,"
+     " discriminator: {name: image, nf: 4}, optimizer: {lr: 1.0e-4, betas: [0.9, 0.999]}}", "ImageDiscriminator"),
+    ("{name: adversarial, kind: vanilla, weight: 1.0e-3,"
+     " discriminator: {name: patchgan, nf: 4, n_layers: 2, norm: batch}}", "PatchGANDiscriminator"),
+])
+def test_wgan_gp_and_patchgan_train_in_the_engine(tmp_path, adversarial, discriminator_type):
+    sets = [f"losses=[{{name: l1, weight: 1.0}}, {adversarial}]", "data.val=null", "train.iterations=2",
+            "train.ema_decay=null", "train.checkpoint_interval=100"]
+    cfg = tiny_config(*sets)
+    d_before = builders.build_discriminator(cfg.adversarial, cfg.seed)
+    summary = run_training(cfg, tmp_path, progress=False)
+    assert type(summary.discriminator).__name__ == discriminator_type
+    for record in summary.records:
+        assert sorted(record.losses) == ["adversarial", "discriminator", "l1"]
+        assert all(math.isfinite(v) for v in record.losses.values())
+    moved = [not torch.equal(a, b) for a, b in zip(summary.discriminator.state_dict().values(),
+                                                   d_before.state_dict().values())]
+    assert any(moved)
+    assert sorted(weights(tmp_path / "checkpoints/last", "discriminator")) == sorted(d_before.state_dict())
+
+
+def test_amsa_offset_learning_rates_by_name():
+    # AMSA's stage-3 optimiser: names with 'offset' and 'small' -> 1e-6, 'offset' and 'medium' -> 1e-5, other
+    # 'offset' -> 1e-4, the rest -> lr_g 1e-4 (official ref_restoration_model.py).
+    from torch import nn
+
+    from refsr.train.config import OptimizerConfig, ParamGroupConfig
+
+    net = nn.ModuleDict({
+        "small_dyn_agg": nn.ModuleDict({"conv_offset_mask": nn.Conv2d(1, 1, 1), "conv": nn.Conv2d(1, 1, 1)}),
+        "medium_dyn_agg": nn.ModuleDict({"conv_offset_mask": nn.Conv2d(1, 1, 1)}),
+        "large_dyn_agg": nn.ModuleDict({"conv_offset_mask": nn.Conv2d(1, 1, 1)}),
+        "head": nn.Conv2d(1, 1, 1),
+    })
+    cfg = OptimizerConfig(lr=1e-4, param_groups=[
+        ParamGroupConfig(match=r"^(?=.*offset)(?=.*small)", lr=1e-6),
+        ParamGroupConfig(match=r"^(?=.*offset)(?=.*medium)", lr=1e-5),
+        ParamGroupConfig(match=r"offset", lr=1e-4),
+    ])
+    opt = builders.build_optimizer(net, cfg)
+    names = {id(p): n for n, p in net.named_parameters()}
+    groups = {g["name"]: (g["lr"], sorted(names[id(p)] for p in g["params"])) for g in opt.param_groups}
+    assert groups == {
+        r"^(?=.*offset)(?=.*small)": (1e-6, ["small_dyn_agg.conv_offset_mask.bias",
+                                             "small_dyn_agg.conv_offset_mask.weight"]),
+        r"^(?=.*offset)(?=.*medium)": (1e-5, ["medium_dyn_agg.conv_offset_mask.bias",
+                                              "medium_dyn_agg.conv_offset_mask.weight"]),
+        "offset": (1e-4, ["large_dyn_agg.conv_offset_mask.bias", "large_dyn_agg.conv_offset_mask.weight"]),
+        "default": (1e-4, ["head.bias", "head.weight", "small_dyn_agg.conv.bias", "small_dyn_agg.conv.weight"]),
+    }

@@ -3,6 +3,8 @@
 MASA-SR's Eq. 15 writes ``||φ(I_HR) - φ(I_SR)||_2``; the official training code (``PerceptualLoss`` with
 ``layer_weights={'conv5_4': 1.}`` and its default ``criterion='l1'``) takes the *mean absolute* difference
 of the features, and that is the default here (``criterion="l1"``); ``"mse"`` gives the squared version.
+AMSA and C2-Matching (``criterion: fro`` on ``relu5_1``, weight 1e-4) take the Frobenius norm of the whole
+feature difference, ``‖φ(SR) - φ(HR)‖_F`` over the batch, neither squared nor averaged: ``criterion="fro"``.
 The target's features carry no gradient, as in the official code.
 
 The VGG weights are not shipped: pass the torchvision ``vgg19`` checkpoint (``vgg19-dcbb9e9d.pth``) or a
@@ -24,7 +26,7 @@ from refsr.models.vgg import VGG19Features
 
 __all__ = ["perceptual_loss", "PerceptualLoss"]
 
-_CRITERIA = ("l1", "mse")
+_CRITERIA = ("l1", "mse", "fro")
 
 
 def _check_criterion(criterion: str) -> None:
@@ -47,7 +49,8 @@ def perceptual_loss(
         hr: the target, same shape; no gradient.
         extractor: a :class:`~refsr.models.vgg.VGG19Features` whose outputs include ``layer``.
         layer: the VGG19 layer name.
-        criterion: ``"l1"`` (mean absolute difference, the official MASA code) or ``"mse"``.
+        criterion: ``"l1"`` (mean absolute difference, the official MASA code), ``"mse"``, or ``"fro"``
+            (the Frobenius norm of the difference over the whole batch, AMSA's and C2-Matching's).
 
     Returns:
         A scalar tensor.
@@ -66,6 +69,8 @@ def perceptual_loss(
         hr_features = extractor(hr.detach())[layer]
     if criterion == "l1":
         return F.l1_loss(sr_features, hr_features)
+    if criterion == "fro":
+        return torch.linalg.vector_norm(sr_features - hr_features)
     return F.mse_loss(sr_features, hr_features)
 
 
@@ -75,7 +80,7 @@ class PerceptualLoss(nn.Module):
     Args:
         vgg_weights: the VGG19 weights file (or state_dict); ``None`` keeps random weights (tests only).
         layer: the VGG19 layer (``"conv5_4"``).
-        criterion: ``"l1"`` or ``"mse"``.
+        criterion: ``"l1"``, ``"mse"`` or ``"fro"``.
     """
 
     def __init__(

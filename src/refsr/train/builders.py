@@ -28,6 +28,8 @@ from refsr.train.config import (
     AdversarialLossConfig,
     CharbonnierLossConfig,
     Config,
+    ContrastiveLossConfig,
+    DistillationLossConfig,
     L1LossConfig,
     MSELossConfig,
     OptimizerConfig,
@@ -51,6 +53,7 @@ __all__ = [
     "LossTerm",
     "build_loss_terms",
     "build_discriminator",
+    "build_adversarial_loss",
     "build_optimizer",
     "lr_factor",
     "apply_lr",
@@ -186,6 +189,12 @@ def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Call
     from refsr.data import augment as aug
 
     steps: list[nn.Module] = []
+    # An aligned reference crop is taken first: the augmentation's independent quarter-turns would make a
+    # non-square reference frame no longer line up with the input. The square crops are then augmented as
+    # MASA augments its 160x160 patches.
+    aligned_first = cfg.crop is not None and cfg.crop_ref == "aligned"
+    if aligned_first:
+        steps.append(aug.PairedRandomCrop(cfg.crop // scale, ref="aligned"))
     a = cfg.augment
     if a.name == "masa":
         steps.append(aug.masa_augment(swap_prob=a.swap_prob, jitter=a.jitter, geometric=geometric))
@@ -194,7 +203,7 @@ def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Call
     elif a.name == "ttsr" and geometric:
         steps.append(aug.ttsr_augment())
     # Crop after the augmentation: MASA's role swap exchanges input and reference first.
-    if cfg.crop is not None:
+    if cfg.crop is not None and not aligned_first:
         steps.append(aug.PairedRandomCrop(cfg.crop // scale, ref=cfg.crop_ref))
     return aug.Compose(*steps) if steps else None
 
@@ -287,15 +296,18 @@ def build_val_set(val: ValConfig, *, seed: int, scale: int) -> Dataset:
     return ds
 
 
-_IMAGE_KEYS = ("lr", "ref", "hr", "ref_down")
+_IMAGE_KEYS = ("lr", "ref", "hr", "ref_down", "lr_up", "coords")
+# Stacked when every sample has them: Ref↓, and the contrastive tasks' LR↑ and (H, W, 2) correspondences.
+_OPTIONAL_KEYS = ("ref_down", "lr_up", "coords")
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack ``lr``, ``ref``, ``hr`` (and ``ref_down`` when every sample has it) into ``(B, 3, H, W)``."""
+    """Stack ``lr``, ``ref``, ``hr`` (and ``ref_down``, ``lr_up``, ``coords`` when every sample has them) into
+    batches ``(B, ...)``."""
     out: dict[str, Any] = {}
     for key in _IMAGE_KEYS:
         if not all(key in s for s in samples):
-            if key != "ref_down":
+            if key not in _OPTIONAL_KEYS:
                 raise RefsrError(f"a training sample has no {key!r}")
             continue
         shapes = {tuple(s[key].shape) for s in samples}
@@ -366,8 +378,8 @@ def build_loss_terms(cfg: Config, device: torch.device) -> list[LossTerm]:
             elif isinstance(loss, PerceptualLossConfig):
                 fn = L.PerceptualLoss(str(Path(loss.vgg_weights).expanduser()), layer=loss.layer,
                                       criterion=loss.criterion).to(device)
-            elif isinstance(loss, AdversarialLossConfig):
-                continue
+            elif isinstance(loss, (AdversarialLossConfig, ContrastiveLossConfig, DistillationLossConfig)):
+                continue  # the adversarial term has its own parts; the contrastive ones their own task
             else:  # pragma: no cover - the config parser admits no other kind
                 raise RefsrError(f"unknown loss {loss!r}")
         except RefsrError as exc:
@@ -377,13 +389,33 @@ def build_loss_terms(cfg: Config, device: torch.device) -> list[LossTerm]:
 
 
 def build_discriminator(cfg: AdversarialLossConfig, seed: int) -> nn.Module:
-    from refsr.losses import VGGStyleDiscriminator
+    """The discriminator ``cfg.discriminator`` names, initialised under ``seed + 1``."""
+    from refsr import losses as L
 
+    d = cfg.discriminator
     torch.manual_seed(seed + 1)  # its own stream, so adding a GAN never changes the generator's init
     try:
-        return VGGStyleDiscriminator(nf=cfg.discriminator.nf, input_size=cfg.discriminator.input_size).train()
+        if d.name == "image":
+            net: nn.Module = L.ImageDiscriminator(nf=d.width, sigmoid=d.sigmoid)
+        elif d.name == "patchgan":
+            net = L.PatchGANDiscriminator(nf=d.width, n_layers=d.n_layers, norm=d.norm)
+        else:
+            net = L.VGGStyleDiscriminator(nf=d.width, input_size=d.input_size)
     except RefsrError as exc:
         raise RefsrError(f"losses: adversarial: {exc}") from None
+    return net.train()
+
+
+def build_adversarial_loss(cfg: AdversarialLossConfig, discriminator: nn.Module) -> nn.Module:
+    """The loss pair of ``cfg.kind`` around ``discriminator``: a module with ``generator_loss(sr, hr)`` and
+    ``discriminator_loss(sr, hr)``."""
+    from refsr import losses as L
+
+    if cfg.kind == "wgan_gp":
+        return L.WGANGPLoss(discriminator, penalty_weight=cfg.gradient_penalty)
+    if cfg.kind == "vanilla":
+        return L.StandardAdversarialLoss(discriminator)
+    return L.RelativisticAdversarialLoss(discriminator)
 
 
 # -------------------------------------------------------------------------------------------- optimiser

@@ -11,6 +11,7 @@ The schema (``describe_schema()`` prints it with each field's meaning; ``configs
 .. code-block:: yaml
 
     name: masa-rec            # run name; outputs go to runs/<name>/ unless --out is given
+    task: restoration         # restoration | contrastive_teacher | contrastive_student (refsr.train.contrastive)
     seed: 0
     imports: []               # modules to import first (they may register models with refsr)
     model: {name: masa, overrides: {}, init: null}
@@ -26,6 +27,7 @@ The schema (``describe_schema()`` prints it with each field's meaning; ``configs
       val: {dataset: cufed5, root: ~/data/CUFED, protocol: masa, interval: {epochs: 1}, from_epoch: 21,
             select: psnr, limit: null, images: 1, <dataset options>}
     losses: [{name: l1, weight: 1.0}]
+    contrastive: {pairs: warp, perturb: 10, border: 10, teacher: null}   # the contrastive tasks only
     optimizer: {name: adam, lr: 1.0e-4, betas: [0.9, 0.999], eps: 1.0e-8, weight_decay: 0.0,
                 param_groups: [{match: offset, lr: 1.0e-6}]}
     schedule: {name: cosine, unit: epoch, t_max: 500, eta_min: 0.0, offset: 1, warmup_iterations: 0}
@@ -65,6 +67,10 @@ __all__ = [
     "PerceptualLossConfig",
     "AdversarialLossConfig",
     "DiscriminatorConfig",
+    "ContrastiveLossConfig",
+    "DistillationLossConfig",
+    "ContrastiveConfig",
+    "TASKS",
     "OptimizerConfig",
     "ParamGroupConfig",
     "ScheduleConfig",
@@ -78,6 +84,7 @@ __all__ = [
     "describe_schema",
     "schema_paths",
     "import_modules",
+    "resolve_target",
 ]
 
 
@@ -97,7 +104,8 @@ def _f(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = None
 class ModelConfig:
     """The network to train."""
 
-    name: str = _f(doc="a name from refsr.list_models()")
+    name: str = _f(doc="a name from refsr.list_models(); for the contrastive tasks also module:attribute of a "
+                       "feature extractor class or builder")
     overrides: dict[str, Any] = _f(factory=dict, doc="keyword options of the model's builder")
     init: str | None = _f(None, "weights to start from: a .safetensors file, an official .pth, or 'default'")
 
@@ -250,20 +258,37 @@ class PerceptualLossConfig:
     name: Literal["perceptual"] = _f("perceptual", "distance of VGG19 features")
     weight: float = _f(1.0, "weight in the sum", min=0.0)
     start_iteration: int = _f(0, "the loss is used from this iteration on", min=0)
-    layer: str = _f("conv5_4", "the VGG19 layer")
-    criterion: Literal["l1", "mse"] = _f("l1", "l1 (the official MASA code) | mse")
+    layer: str = _f("conv5_4", "the VGG19 layer (MASA: conv5_4; AMSA and C2-Matching: relu5_1)")
+    criterion: Literal["l1", "mse", "fro"] = _f(
+        "l1", "l1 (the official MASA code) | mse | fro (Frobenius norm of the batch's difference: AMSA, C2)")
     vgg_weights: str = _f(doc="torchvision's vgg19-dcbb9e9d.pth, or a VGG19 file in refsr's layout")
 
 
 @dataclass(kw_only=True)
 class DiscriminatorConfig:
-    name: Literal["vgg_style"] = _f("vgg_style", "the SRGAN/ESRGAN VGG-style discriminator")
-    nf: int = _f(64, "channels of its first stage", min=1)
-    input_size: int = _f(160, "its input side; must equal the HR training size and divide by 32", min=32)
+    name: Literal["vgg_style", "image", "patchgan"] = _f(
+        "vgg_style", "vgg_style (SRGAN/ESRGAN, MASA) | image (SRNTT's, the C2-Matching/AMSA WGAN-GP critic) | "
+                     "patchgan (pix2pix 70x70, SSEN)")
+    nf: int | None = _f(None, "channels of its first layer; null: the official width (vgg_style 64, image 32, "
+                              "patchgan 64)", min=1)
+    input_size: int = _f(160, "vgg_style: its input side; must equal the HR training size and divide by 32",
+                         min=32)
+    sigmoid: bool = _f(True, "image: end with a sigmoid, as the official C2/AMSA critic")
+    n_layers: int = _f(3, "patchgan: stride-2 convolutions (3: 70x70 patches)", min=1)
+    norm: Literal["batch", "instance", "none"] = _f("batch", "patchgan: batch (pix2pix's default) | instance | none")
 
     def _check(self, path: str) -> None:
         if self.input_size % 32:
             raise RefsrError(f"{path}.input_size: must divide by 32, got {self.input_size}")
+        owners = {"input_size": "vgg_style", "sigmoid": "image", "n_layers": "patchgan", "norm": "patchgan"}
+        for key in sorted(_given(self)):
+            if key in owners and owners[key] != self.name:
+                raise RefsrError(f"{path}.{key}: only used by the {owners[key]} discriminator, not {self.name!r}")
+
+    @property
+    def width(self) -> int:
+        """``nf``, or the named network's official first-layer width."""
+        return self.nf if self.nf is not None else {"vgg_style": 64, "image": 32, "patchgan": 64}[self.name]
 
 
 def _d_optimizer() -> OptimizerConfig:
@@ -275,7 +300,10 @@ class AdversarialLossConfig:
     name: Literal["adversarial"] = _f("adversarial", "GAN loss with its own discriminator")
     weight: float = _f(5e-3, "weight in the sum", min=0.0)
     start_iteration: int = _f(0, "the loss (and the discriminator's training) starts at this iteration", min=0)
-    kind: Literal["relativistic_average"] = _f("relativistic_average", "ESRGAN's relativistic average GAN")
+    kind: Literal["relativistic_average", "wgan_gp", "vanilla"] = _f(
+        "relativistic_average", "relativistic_average (ESRGAN's, MASA) | wgan_gp (C2-Matching, AMSA) | vanilla "
+                                "(the standard GAN, BCE on logits; SSEN)")
+    gradient_penalty: float = _f(10.0, "wgan_gp: the weight of the gradient penalty (official 10)", min=0.0)
     discriminator: DiscriminatorConfig = _f(factory=DiscriminatorConfig, doc="the discriminator")
     optimizer: OptimizerConfig = _f(factory=_d_optimizer, doc="the discriminator's optimiser")
     steps_per_generator_step: int = _f(1, "discriminator steps per iteration (official gan_k)", min=1)
@@ -284,16 +312,65 @@ class AdversarialLossConfig:
     def _check(self, path: str) -> None:
         if self.optimizer.param_groups:
             raise RefsrError(f"{path}.optimizer.param_groups: not supported for the discriminator")
+        if self.kind != "wgan_gp" and "gradient_penalty" in _given(self):
+            raise RefsrError(f"{path}.gradient_penalty: only used by kind wgan_gp, not {self.kind!r}")
 
 
-LossConfig = Union[L1LossConfig, CharbonnierLossConfig, MSELossConfig, PerceptualLossConfig, AdversarialLossConfig]
+@dataclass(kw_only=True)
+class ContrastiveLossConfig:
+    name: Literal["contrastive"] = _f("contrastive", "C2-Matching's hardest-negative triplet loss on "
+                                                     "correspondences (contrastive tasks)")
+    weight: float = _f(1.0, "weight in the sum", min=0.0)
+    start_iteration: int = _f(0, "the loss is used from this iteration on", min=0)
+    margin: float = _f(1.0, "the triplet margin (official 1.0)", min=0.0)
+    safe_radius: float = _f(4.0, "negatives within this Chebyshev distance (feature pixels) of the true match "
+                                 "are skipped (official 4)", min=0.0)
+    min_matches: int = _f(128, "samples with fewer valid correspondences are skipped (official 128)", min=1)
+
+
+@dataclass(kw_only=True)
+class DistillationLossConfig:
+    name: Literal["distillation"] = _f("distillation", "KL(teacher || student) of the correspondence "
+                                                       "distributions (contrastive_student)")
+    weight: float = _f(15.0, "weight in the sum (official 15)", min=0.0)
+    start_iteration: int = _f(0, "the loss is used from this iteration on", min=0)
+    temperature: float = _f(0.15, "the softmax temperature (official 0.15)", min=1e-6)
+    min_matches: int = _f(128, "samples with fewer valid correspondences are skipped (official 128)", min=1)
+
+
+LossConfig = Union[L1LossConfig, CharbonnierLossConfig, MSELossConfig, PerceptualLossConfig, AdversarialLossConfig,
+                   ContrastiveLossConfig, DistillationLossConfig]
 LOSS_TYPES: dict[str, type] = {
     "l1": L1LossConfig,
     "charbonnier": CharbonnierLossConfig,
     "mse": MSELossConfig,
     "perceptual": PerceptualLossConfig,
     "adversarial": AdversarialLossConfig,
+    "contrastive": ContrastiveLossConfig,
+    "distillation": DistillationLossConfig,
 }
+_CONTRASTIVE_LOSSES = ("contrastive", "distillation")
+TASKS = ("restoration", "contrastive_teacher", "contrastive_student")
+
+
+@dataclass(kw_only=True)
+class ContrastiveConfig:
+    """Training pairs for C2-Matching's contrastive extractor (``task: contrastive_*``; see
+    :mod:`refsr.train.contrastive`)."""
+
+    pairs: Literal["warp", "synthetic"] = _f(
+        "warp", "warp: the reference is a random homography of each HR crop (C2-Matching) | synthetic: "
+                "open-synthetic's own reference, matched through its known warp")
+    perturb: float = _f(10.0, "warp: each corner of the HR crop moves by up to this many pixels in x and y "
+                              "(official 10)", min=0.0)
+    border: float = _f(10.0, "matches within this many pixels of the reference's edge are not used (official 10)",
+                       min=0.0)
+    teacher: str | None = _f(None, "contrastive_student: the teacher's weights (stage 1's "
+                                   "checkpoints/last/model.safetensors)")
+
+    def _check(self, path: str) -> None:
+        if self.pairs != "warp" and "perturb" in _given(self):
+            raise RefsrError(f"{path}.perturb: only used with pairs: warp")
 
 
 @dataclass(kw_only=True)
@@ -359,11 +436,15 @@ class Config:
     """A whole training run."""
 
     name: str | None = _f(None, "run name; the default output folder is runs/<name>")
+    task: Literal["restoration", "contrastive_teacher", "contrastive_student"] = _f(
+        "restoration", "restoration (a RefSR network) | contrastive_teacher | contrastive_student (C2-Matching's "
+                       "feature extractor, stages 1 and 2)")
     seed: int = _f(0, "seeds initialisation, data order and augmentation", min=0)
     imports: list[str] = _f(factory=list, doc="modules imported before anything is built (custom models)")
     model: ModelConfig = _f(doc="the network")
     data: DataConfig = _f(doc="training and validation data")
     losses: list[LossConfig] = _f(doc="loss terms, summed with their weights")  # type: ignore[valid-type]
+    contrastive: ContrastiveConfig = _f(factory=ContrastiveConfig, doc="the contrastive tasks' training pairs")
     optimizer: OptimizerConfig = _f(factory=OptimizerConfig, doc="the generator's optimiser")
     schedule: ScheduleConfig = _f(factory=ScheduleConfig, doc="the learning-rate schedule")
     train: TrainConfig = _f(factory=TrainConfig, doc="run length, batch, checkpoints")
@@ -375,21 +456,50 @@ class Config:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise RefsrError(f"losses[{i}].name: {name!r} is listed twice")
+        self._check_task()
         if self.schedule.name == "cosine" and self.schedule.t_max is None and self.train.iterations is None \
                 and self.train.epochs is None:
             raise RefsrError("schedule.t_max: required for a cosine schedule when only train.time_budget "
                              "bounds the run")
         for i, loss in enumerate(self.losses):
-            if isinstance(loss, AdversarialLossConfig) and self.train.batch * (loss.discriminator.input_size // 32) ** 2 < 2:
+            if not isinstance(loss, AdversarialLossConfig) or loss.discriminator.name != "vgg_style":
+                continue  # the checks below concern the fixed-size VGG-style discriminator
+            if self.train.batch * (loss.discriminator.input_size // 32) ** 2 < 2:
                 # Its last batch norm sees (input_size / 32)^2 values per channel and sample.
                 raise RefsrError("train.batch: the discriminator's batch norm needs at least 2 values per channel; "
                                  f"with input_size {loss.discriminator.input_size} use a batch of 2 or more")
-            if isinstance(loss, AdversarialLossConfig) and self.data.train.crop is not None \
-                    and self.data.train.crop != loss.discriminator.input_size:
+            if self.data.train.crop is not None and self.data.train.crop != loss.discriminator.input_size:
                 raise RefsrError(
                     f"losses[{i}].discriminator.input_size: {loss.discriminator.input_size} differs from the "
                     f"HR crop data.train.crop = {self.data.train.crop}; make them equal"
                 )
+
+    def _check_task(self) -> None:
+        names = [loss.name for loss in self.losses]
+        if self.task == "restoration":
+            for i, name in enumerate(names):
+                if name in _CONTRASTIVE_LOSSES:
+                    raise RefsrError(f"losses[{i}].name: {name!r} trains a feature extractor; it needs task: "
+                                     "contrastive_teacher or contrastive_student")
+            if "contrastive" in _given(self):
+                raise RefsrError("contrastive: only used by the contrastive tasks; remove it or set task")
+            return
+        allowed = ("contrastive",) if self.task == "contrastive_teacher" else _CONTRASTIVE_LOSSES
+        for i, name in enumerate(names):
+            if name not in allowed:
+                raise RefsrError(f"losses[{i}].name: task {self.task} takes only {' and '.join(allowed)} losses, "
+                                 f"not {name!r}")
+        if self.task == "contrastive_student":
+            if "distillation" not in names:
+                raise RefsrError("losses: task contrastive_student needs a {name: distillation} loss")
+            if self.contrastive.teacher is None:
+                raise RefsrError("contrastive.teacher: task contrastive_student needs the teacher's weights")
+        elif self.contrastive.teacher is not None:
+            raise RefsrError("contrastive.teacher: only used by task contrastive_student")
+        if self.data.val is not None:
+            raise RefsrError("data.val: the contrastive tasks do not validate; set data.val: null")
+        if self.train.ema_decay is not None:
+            raise RefsrError("train.ema_decay: not supported by the contrastive tasks")
 
     @property
     def adversarial(self) -> AdversarialLossConfig | None:
@@ -642,19 +752,54 @@ def parse_duration(value: float | int | str, path: str = "time_budget") -> float
 def _check_model(cfg: Config) -> None:
     from refsr.models import _registry
 
+    if ":" in cfg.model.name:
+        if cfg.task == "restoration":
+            raise RefsrError(f"model.name: {cfg.model.name!r}: module:attribute names are for the contrastive "
+                             "tasks; register a restoration model with refsr.models.register_model")
+        builder = resolve_target(cfg.model.name, "model.name")
+        _check_options(builder, cfg.model.overrides, cfg.model.name)
+        return
     try:
         entry = _registry.get_entry(cfg.model.name)
     except RefsrError as exc:
         raise RefsrError(f"model.name: {exc}") from None
-    params = inspect.signature(entry.builder).parameters
+    _check_options(entry.builder, cfg.model.overrides, cfg.model.name)
+
+
+def _check_options(builder: Any, overrides: Mapping[str, Any], name: str) -> None:
+    try:
+        params = dict(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):
+        return
+    params.pop("self", None)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    for key in cfg.model.overrides:
+    for key in overrides:
         if key not in params:
             raise RefsrError(
-                f"model.overrides.{key}: model {cfg.model.name!r} has no such option{_suggest(key, list(params))} "
+                f"model.overrides.{key}: model {name!r} has no such option{_suggest(key, list(params))} "
                 f"(its options: {', '.join(params) or 'none'})"
             )
+
+
+def resolve_target(target: str, path: str) -> Any:
+    """The object named ``module:attribute`` (dotted attributes allowed); errors name ``path``."""
+    import importlib
+
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise RefsrError(f"{path}: {target!r} is not of the form module:attribute")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:
+        raise RefsrError(f"{path}: cannot import {module!r} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RefsrError(f"{path}: module {module!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise RefsrError(f"{path}: {target!r} is not a class or function")
+    return obj
 
 
 def _check_datasets(cfg: Config) -> None:

@@ -2,16 +2,22 @@
 counters that a checkpoint saves).
 
 One *iteration* is one optimiser step: ``train.grad_accumulation`` micro-batches of ``train.batch`` samples
-per process, forward and backward each (DDP synchronises the gradients on the last one), then
+per process, forward and backward each (DDP synchronises the gradients on the last one; each micro-batch's
+loss is divided by the number of micro-batches, so the gradient is that of the mean: AMSA's official code
+sums three micro-batches instead, a factor Adam ignores up to its epsilon), then
 
 1. the loss terms are averaged over micro-batches and processes, and a NaN or inf stops the run with a
    :class:`~refsr.errors.RefsrError` naming the iteration and the term (nothing is written, so the last
    checkpoint stays the last good one);
 2. the generator steps (after optional gradient clipping), the EMA follows;
 3. with an adversarial loss, the discriminator steps on the same (detached) outputs, as ESRGAN/BasicSR
-   order it (MASA's own code steps the discriminator first; the difference is one step of lag);
+   order it (MASA's, C2-Matching's and AMSA's own code step the discriminator first; the difference is one
+   step of lag), its loss averaged over the iteration's micro-batches (WGAN-GP: the penalty is computed
+   per micro-batch, on that micro-batch's interpolates);
 4. validation, the checkpoint and the callbacks run when due; then the stop conditions are checked (all
    processes agree on a time-budget stop, so they stop at the same iteration).
+
+``task: contrastive_teacher | contrastive_student`` configs are handed to :mod:`refsr.train.contrastive`.
 
 Determinism: the data order comes from :class:`~refsr.train.distributed.ResumableDistributedSampler` and
 each sample's augmentation from a generator seeded by ``(seed, epoch, index)``; the global RNGs are seeded
@@ -188,7 +194,7 @@ class GanParts:
 
     cfg: AdversarialLossConfig
     discriminator: nn.Module
-    loss: nn.Module  # refsr.losses.RelativisticAdversarialLoss
+    loss: nn.Module  # generator_loss(sr, hr) / discriminator_loss(sr, hr): builders.build_adversarial_loss
     optimizer: torch.optim.Optimizer
 
 
@@ -242,10 +248,8 @@ def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
     gan = None
     adv = cfg.adversarial
     if adv is not None:
-        from refsr.losses import RelativisticAdversarialLoss
-
         d = builders.build_discriminator(adv, cfg.seed).to(ctx.device)
-        gan = GanParts(adv, d, RelativisticAdversarialLoss(d),
+        gan = GanParts(adv, d, builders.build_adversarial_loss(adv, d),
                        builders.build_optimizer(d, adv.optimizer, path="losses.adversarial.optimizer"))
 
     train_set = builders.build_training_set(cfg, scale)
@@ -722,6 +726,10 @@ def run_training(
         RefsrError: a bad config or data, a non-finite loss (naming the iteration and the term).
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    if cfg.task != "restoration":
+        from refsr.train.contrastive import run_contrastive_training
+
+        return run_contrastive_training(cfg, out_dir, resume=resume, callbacks=callbacks, progress=progress)
     out = Path(out_dir).expanduser() if out_dir is not None else Path("runs") / (cfg.name or "run")
     ctx = setup(cfg.train.device)
     run: Run | None = None
