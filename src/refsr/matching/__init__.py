@@ -19,14 +19,15 @@ __all__ = ["Correspondence", "match", "METHODS"]
 def _methods() -> dict[str, Callable[..., Correspondence]]:
     # Imported here, not at module import, so that ``import refsr`` stays cheap and a method's module can
     # import from this package without a cycle.
+    from refsr.matching.ccnet import match_ccnet
     from refsr.matching.dense import match_dense
     from refsr.matching.mem import match_mem
     from refsr.matching.patchmatch import match_patchmatch
 
-    return {"dense": match_dense, "mem": match_mem, "patchmatch": match_patchmatch}
+    return {"dense": match_dense, "mem": match_mem, "patchmatch": match_patchmatch, "ccnet": match_ccnet}
 
 
-METHODS = ("dense", "mem", "patchmatch")
+METHODS = ("dense", "mem", "patchmatch", "ccnet")
 
 
 def match(

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
+
+from refsr.errors import RefsrError
 
 __all__ = ["add_train_arguments", "main_train", "main"]
 
@@ -27,11 +30,35 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def _config_task(path: str) -> str:
+    """The ``task`` field of a YAML config (``restoration`` when absent or unreadable: the full parser then
+    reports what is wrong)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "restoration"
+    task = data.get("task") if isinstance(data, dict) else None
+    return task if isinstance(task, str) else "restoration"
+
+
 def main_train(args: argparse.Namespace) -> int:
     """Run ``refsr train`` with parsed ``args``; returns the exit status. Raises ``RefsrError`` on bad input."""
     from refsr.train.config import load_config
     from refsr.train.engine import run_training
 
+    if _config_task(args.config) == "ccnet":
+        # CC-Net is trained as a classifier over candidate windows (RefSR-Net Eq. 1), not as an SR model, so
+        # its configs have their own schema and loop (refsr.train.ccnet).
+        from refsr.train.ccnet import train_ccnet
+
+        if args.resume:
+            raise RefsrError("--resume: CC-Net training has no resume yet; start it again or lower "
+                             "train.iterations")
+        result = train_ccnet(args.config, out=args.out, overrides=args.set)
+        print(f"trained CC-Net for {result['iterations']} iterations; weights: {result['weights']}")
+        return 0
     cfg = load_config(args.config, args.set)
     rank = int(os.environ.get("RANK", "0") or 0)
     try:
