@@ -143,6 +143,21 @@ def test_figures_from_the_command(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert matches.size == (4 * 40 + 8 + ref_w, max(4 * 32, ref_h))
 
 
+def test_ssen_figures_add_the_sampling_points(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """For an SSEN model, --figures also draws the deformable sampling points (the paper's Fig. 7)."""
+    build_cufed5(tmp_path / "CUFED5")
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    args = parser.parse_args(["--dataset", "cufed5", "--root", str(tmp_path), "--model", "ssen-lite",
+                              "--figures", str(tmp_path / "figs"), "--figure-count", "1"])
+    torch.manual_seed(0)
+    assert main_eval(args) == 0
+    capsys.readouterr()
+    names = sorted(p.name for p in (tmp_path / "figs" / "CUFED5").iterdir())
+    assert names == ["000_crops.png", "000_matches.png", "000_offsets.png"]
+    assert Image.open(tmp_path / "figs" / "CUFED5" / "000_offsets.png").size[0] > 0
+
+
 def test_model_correspondence_is_used_and_mapped(tmp_path: Path) -> None:
     build_cufed5(tmp_path / "CUFED5")
     probe = MatchingProbe()

@@ -39,6 +39,7 @@ from refsr.io import write_image
 
 __all__ = [
     "SamplingFigureWriter",
+    "has_sampling_offsets",
     "capture_offsets",
     "compose_sampling_points",
     "draw_sampling_points",
@@ -67,6 +68,11 @@ def _ssen_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     from refsr.models.ssen import SSEN
 
     return [dcn for module in model.modules() if isinstance(module, SSEN) for dcn in module.dcns]
+
+
+def has_sampling_offsets(model: torch.nn.Module) -> bool:
+    """Whether ``model`` contains SSEN deformable layers whose sampling points can be drawn."""
+    return bool(_ssen_layers(model))
 
 
 @torch.no_grad()

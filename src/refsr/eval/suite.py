@@ -39,6 +39,7 @@ from refsr.eval.datasets import (
     parse_level,
 )
 from refsr.eval.figures import FigureWriter
+from refsr.eval.offsets import SamplingFigureWriter, has_sampling_offsets
 from refsr.eval.robustness import RefTransform, parse_robustness
 from refsr.eval.runner import RunResult, evaluate, safe_name
 from refsr.eval.tables import Table
@@ -194,6 +195,14 @@ def _level_label(level: Level) -> str:
     return f"L{level}" if isinstance(level, int) else "LR"
 
 
+def _chain(hooks: Sequence[Any]) -> Any:
+    """One ``on_image`` hook that calls each of ``hooks`` in turn."""
+    def call(*args: Any, **kwargs: Any) -> None:
+        for h in hooks:
+            h(*args, **kwargs)
+    return call
+
+
 def run_suite(
     model: torch.nn.Module,
     datasets: Sequence[str],
@@ -344,10 +353,16 @@ def run_suite(
     main_runs: dict[tuple[str, str], RunResult] = {}
     for name, column, dataset in columns:
         writer = None
+        hooks: list[Any] = []
         if figures is not None:
             writer = FigureWriter(Path(figures) / safe_name(column), side=figure_side)
+            hooks.append(writer)
+            primary_model = next(m.model for m in methods if m.primary)
+            if has_sampling_offsets(primary_model):
+                # SSEN's Fig. 7: where the stacked deformable convolutions sample the reference.
+                hooks.append(SamplingFigureWriter(Path(figures) / safe_name(column), primary_model))
         for method in methods:
-            hook = writer if (writer is not None and method.primary) else None
+            hook = _chain(hooks) if (hooks and method.primary) else None
             run = evaluate(
                 method.model,
                 dataset,
@@ -364,7 +379,8 @@ def run_suite(
             main_runs[(method.label, name)] = run
             main.set(method.label, column, run.psnr, run.ssim, run.count)
         if writer is not None:
-            report.figures += [str(p) for p in writer.written]
+            for h in hooks:
+                report.figures += [str(p) for p in h.written]
             if writer.sources:
                 how = sorted(set(writer.sources.values()))
                 main.notes.append(f"figures for {column}: correspondence from {' and '.join(how)} matching")
