@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/models.py              # MASA at the paper's and CUFED5's stacked sizes; MASA-lite
+    python benchmarks/models.py              # MASA at the paper's and CUFED5's stacked sizes; MASA-lite; AMSA
     python benchmarks/models.py --quick      # the paper's size only
     refsr bench models                       # the same, from a source checkout
 
@@ -48,6 +48,10 @@ CASES = (
     Case("masa", (128, 128), (512, 512), "~14 s, 3.6 GB", "<= 6 s, <= 1.5 GB"),
     Case("masa", (88, 128), (2560, 512), "41 s, 10.0 GB", "<= 4 GB"),
     Case("masa-lite", (128, 128), (512, 512), "n/a", "n/a"),
+    # AMSA at its training size (HR 160^2, five reference scales). Stages: encode = contrastive features and
+    # their pyramids, match = CFE-PatchMatch + offsets, transfer = VGG textures, decode = MSDA + fusion.
+    Case("amsa", (40, 40), (160, 160), "n/a (CUDA-only code)", "match <= 3 s, <= 12 s"),
+    Case("amsa-lite", (40, 40), (160, 160), "n/a", "n/a"),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from refsr.models import bicubic as _bicubic  # noqa: F401  (registers "bicubic")
 from refsr.models import masa as _masa  # noqa: F401  (registers "masa", "masa-lite")
 from refsr.models import refsrnet as _refsrnet  # noqa: F401  (registers "refsrnet", "refsrnet-lite", "srresnet-x8")
+from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import ssen as _ssen  # noqa: F401  (registers "ssen*" and "rcan*")
 from refsr.models._base import RefSRModel
 from refsr.models._registry import convert_official, list_models, register_converter, register_model
