@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The bundled pair: Big Buck Bunny frames 120 (LR, 160x90) and 128 (reference), CC BY 3.0 (see README).
 demo: $(STAMP)
 	mkdir -p out
-	$(VENV)/bin/refsr upscale src/refsr/samples/bbb_lr.png --ref src/refsr/samples/bbb_ref.png -o out/demo_sr.png
+	$(VENV)/bin/refsr upscale src/refsr/samples/bbb_lr.png --ref src/refsr/samples/bbb_ref.png \
+		-o out/demo_sr.png --compare out/demo_compare.png
+	@echo "wrote the x4 image (out/demo_sr.png) and bicubic | refsr | reference (out/demo_compare.png)"
 
 # pytest's exit status 5 ("no tests ran") fails the target like any other non-zero status.
 test: $(STAMP)

@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _upscale_jobs(lr: Path, output: Path, refs: list[Path]) -> list[tuple[Path, Path]]:
+def _upscale_jobs(lr: Path, output: Path, refs: list[Path], compare: Path | None = None) -> list[tuple[Path, Path]]:
     """(input, output) pairs for an image or a folder of images, all checked before any work starts."""
     from refsr.io import IMAGE_EXTENSIONS, check_output_path, is_image_path
 
@@ -37,6 +37,8 @@ def _upscale_jobs(lr: Path, output: Path, refs: list[Path]) -> list[tuple[Path, 
         if not ref.exists():
             raise RefsrError(f"{ref}: no such reference file")
     if lr.is_dir():
+        if compare is not None:
+            raise RefsrError("--compare takes one image; run it on a single LR image, not a folder")
         images = sorted(p for p in lr.iterdir() if p.is_file() and is_image_path(p))
         if not images:
             raise RefsrError(f"{lr}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -52,6 +54,10 @@ def _upscale_jobs(lr: Path, output: Path, refs: list[Path]) -> list[tuple[Path, 
         if not lr.exists():
             raise RefsrError(f"{lr}: no such file")
         jobs = [(lr, output)]
+        if compare is not None:
+            if compare.resolve() == output.resolve():
+                raise RefsrError(f"{compare}: --compare must name another file than -o")
+            check_output_path(compare, inputs=(lr, *refs))
     for src, dst in jobs:
         check_output_path(dst, inputs=(src, *refs))
     return jobs
@@ -60,20 +66,33 @@ def _upscale_jobs(lr: Path, output: Path, refs: list[Path]) -> list[tuple[Path, 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from refsr.inference import resolve_device, resolve_model, upscale
+    from refsr.inference import parse_memory, resolve_device, resolve_model, upscale
     from refsr.io import read_image, write_image
 
+    # Cheap checks first: a typo in an option should not wait for the model to load.
+    budget = parse_memory(args.max_memory)
+    if args.tile is not None and args.tile < 1:
+        raise RefsrError(f"--tile must be a positive number of LR pixels, got {args.tile}")
+    device = resolve_device(args.device)
     refs_paths = [Path(r) for r in args.ref]
-    jobs = _upscale_jobs(Path(args.lr), Path(args.output), refs_paths)
+    compare = Path(args.compare) if args.compare else None
+    jobs = _upscale_jobs(Path(args.lr), Path(args.output), refs_paths, compare)
     # Read (and so validate) every reference and build the model before the first image is processed, so
     # that a bad reference or weights file fails fast.
     refs = [read_image(p) for p in refs_paths]
-    device = resolve_device(args.device)
     model = resolve_model(args.model, args.weights)
-    for src, dst in tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1):
-        sr = upscale(read_image(src), refs or None, model=model, tile=args.tile, device=device)
+    progress = False if args.quiet else None  # None: a bar only when stderr is a terminal
+    images_bar = tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1 or args.quiet, file=sys.stderr)
+    for src, dst in images_bar:
+        lr = read_image(src)
+        sr = upscale(lr, refs or None, model=model, tile=args.tile, device=device, max_memory=budget,
+                     multi_ref=args.multi_ref, progress=progress)
         write_image(dst, sr)
-        print(dst)
+        print(dst, flush=True)
+        if compare is not None:
+            from refsr.compare import write_comparison
+
+            print(write_comparison(compare, lr, sr, refs or None), flush=True)
     return 0
 
 
@@ -126,14 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upscale", help="super-resolve an image (or a folder of images) with a reference")
     up.add_argument("lr", metavar="LR", help="the low-resolution image, or a folder of them")
     up.add_argument("--ref", action="append", default=[], metavar="REF",
-                    help="a reference image; repeat for several (stacked as MASA does); none = self-reference")
+                    help="a reference image; repeat for several (see --multi-ref); none = self-reference")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="the output image (its extension picks the format), or a folder when LR is a folder")
     up.add_argument("--model", default="default", help="a model name from 'refsr.list_models()' (default: %(default)s)")
     up.add_argument("--weights", default=None, metavar="FILE",
                     help="weights: a .safetensors file or an official .pth checkpoint")
-    up.add_argument("--tile", type=int, default=None, metavar="N", help="tile side in LR pixels (default: whole image)")
-    up.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
+    up.add_argument("--tile", type=int, default=None, metavar="N",
+                    help="tile side in LR pixels (default: the largest that fits --max-memory)")
+    up.add_argument("--max-memory", default="4G", metavar="SIZE",
+                    help="peak memory budget, e.g. 4G, 512M or bytes; picks the tile (default: %(default)s)")
+    up.add_argument("--multi-ref", choices=("stitch", "per-tile", "auto"), default="auto",
+                    help="several --ref: stack them into one (stitch, as MASA) or use the best-matching one per "
+                         "tile (default: %(default)s)")
+    up.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    up.add_argument("--compare", default=None, metavar="PNG",
+                    help="also write a side-by-side image: bicubic | refsr | reference")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     up.set_defaults(run=_cmd_upscale)
 
     from refsr.eval import add_eval_arguments, main_eval
@@ -196,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("refsr: error: interrupted; no output was written for the image in progress\n")
         return 130
     except MemoryError:
-        sys.stderr.write("refsr: error: out of memory; try a smaller --tile\n")
+        sys.stderr.write("refsr: error: out of memory; lower --max-memory (or --tile) to use smaller tiles\n")
         return EXIT_BAD_INPUT
 
 

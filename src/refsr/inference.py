@@ -2,14 +2,35 @@
 
 This is the path users want most (see ``ecosystem.md``, part 1): any LR and reference size, no ground truth.
 It turns images into tensors, pads them to the model's :class:`~refsr.models.SizeRule`, runs the model (in
-overlapping tiles if asked), crops the padding away and turns the result back into the caller's image type.
+overlapping tiles when the whole image would not fit the memory budget), crops the padding away and turns
+the result back into the caller's image type.
+
+Memory. Every model family has a :class:`MemoryCost`, a small table of bytes per pixel (declared as data in
+``MEMORY_COSTS`` and calibrated by ``benchmarks/upscale.py --calibrate`` from the peak RSS of a child
+process). :func:`predict_peak_memory` turns it into a predicted peak for given sizes and a tile side, and
+:func:`choose_tile` picks the largest tile whose prediction fits ``max_memory``. Models that can encode the
+reference once (``encode_reference``, e.g. MASA) do so before the first tile, so each tile pays only for
+its LR side, the matching and the decoder.
+
+Tiles. Tiles start on the model's LR grid (multiples of ``size_rule.lr_multiple``), so MASA's 8x8 matching
+blocks are the same blocks as in the whole image. Neighbouring tiles overlap by ``2 * context + ramp`` LR
+pixels: each tile's outer ``context`` pixels at an inner edge are discarded (they lack the context the
+whole image would give), and over the next ``ramp`` pixels the two tiles cross-fade linearly. A model whose
+receptive field fits in ``context`` (bicubic) gives exactly the untiled output.
+
+Several references. ``multi_ref="stitch"`` stacks them vertically into one (MASA's multi-reference test);
+``"per-tile"`` encodes each one, matches every tile against each and decodes the tile with the reference
+whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from pathlib import Path
-from typing import Sequence, Union
+import re
+import sys
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,33 +39,93 @@ from PIL import Image
 
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
-from refsr.io import read_image
+from refsr.io import _to_rgb8, read_image
 from refsr.models import DEFAULT_MODEL
 from refsr.models._size import SizeRule, padded_size
 
-__all__ = ["upscale", "resolve_model", "resolve_device", "image_to_tensor", "tensor_to_image", "pad_to_rule"]
+__all__ = [
+    "upscale",
+    "resolve_model",
+    "resolve_device",
+    "image_to_tensor",
+    "tensor_to_image",
+    "pad_to_rule",
+    "stitch_references",
+    "parse_memory",
+    "MemoryCost",
+    "MEMORY_COSTS",
+    "memory_cost",
+    "predict_peak_memory",
+    "choose_tile",
+    "TilePlan",
+    "DEFAULT_MAX_MEMORY",
+    "MULTI_REF_MODES",
+]
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
+#: The default memory budget of :func:`upscale` and ``refsr upscale`` (peak RSS of the whole process).
+DEFAULT_MAX_MEMORY = 4 * 2**30
+
+#: The ways of using several references.
+MULTI_REF_MODES = ("stitch", "per-tile", "auto")
+
+#: Models that encode their reference once (``encode_reference(..., strip_rows=)``) do it in horizontal strips
+#: of about this many pixels, so that a large reference costs its cached features plus one strip.
+REF_STRIP_PIXELS = 2**19
+
+#: What ``multi_ref="auto"`` does. Measured (``benchmarks/upscale.py --multi-ref``: 7 open video pairs, the
+#: pair's own reference plus one from another video, masa-lite after 400 training iterations, 128-pixel
+#: tiles): per-tile matched the own-reference-only PSNR on every pair (it never chose the distractor), while
+#: stitching lost 0.01-0.13 dB to the distractor. Per-tile also keeps MEM's windows within one reference.
+AUTO_MULTI_REF = "per-tile"
+
+
+# ---------------------------------------------------------------------- images <-> tensors
+
+
+def _array_to_rgb8(arr: np.ndarray) -> np.ndarray:
+    """An ``HxW``, ``HxWx1``, ``HxWx3`` or ``HxWx4`` uint8 or uint16 array as ``HxWx3`` uint8 RGB."""
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[2] == 4 else arr  # alpha is dropped, as refsr.io does for files
+    elif arr.ndim != 2:
+        raise RefsrError(f"expected an HxW or HxWx3 image array, got shape {arr.shape}")
+    if arr.dtype == np.uint16:
+        # The same mapping as refsr.io for 16-bit files: 65535 -> 255.
+        arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise RefsrError(
+            f"expected a uint8 (or uint16) image array, got dtype {arr.dtype}; convert it, e.g. "
+            "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+        )
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return arr
+
 
 def image_to_tensor(image: ImageLike) -> torch.Tensor:
-    """A PIL image, ``HxWx3`` uint8 array or file path as a ``(1,3,H,W)`` float32 RGB tensor in [0, 1]."""
+    """A PIL image, an image array or a file path as a ``(1,3,H,W)`` float32 RGB tensor in [0, 1].
+
+    Arrays may be ``HxW`` (grey), ``HxWx3`` or ``HxWx4`` (alpha dropped), uint8 or uint16 (scaled by 1/257).
+    PIL images of any mode and files follow :mod:`refsr.io`'s rules (grey replicated, alpha dropped, 16-bit
+    scaled).
+    """
     if isinstance(image, (str, os.PathLike)):
         arr = read_image(image)
     elif isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"))
+        if image.width == 0 or image.height == 0:
+            raise RefsrError(f"the image has zero size ({image.width}x{image.height})")
+        arr = _to_rgb8(image)
     elif isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise RefsrError(f"expected an HxWx3 uint8 RGB array, got shape {arr.shape} and dtype {arr.dtype}")
+        arr = _array_to_rgb8(image)
     else:
         raise RefsrError(f"expected a PIL image, a uint8 array or a file path, got {type(image).__name__}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise RefsrError(f"the image has zero size ({arr.shape[1]}x{arr.shape[0]})")
     # torch.tensor copies, so read-only arrays (np.asarray of a PIL image) are fine.
-    return torch.tensor(arr).permute(2, 0, 1)[None].float().div_(255)
+    return torch.tensor(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div_(255)
 
 
 def tensor_to_image(t: torch.Tensor) -> np.ndarray:
@@ -53,17 +134,27 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"mps"``, checked to be usable here."""
+    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``, checked to be usable.
+
+    ``"auto"`` is CUDA if there is a GPU, else MPS if available, else the CPU.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise RefsrError(f"unknown device {device!r} ({exc}); use cpu, cuda or mps") from None
+        raise RefsrError(f"unknown device {device!r} ({exc}); use cpu, cuda, mps or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RefsrError("device 'cuda' was asked for, but no CUDA GPU is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RefsrError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs); use cuda:0")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise RefsrError("device 'mps' was asked for, but Apple's MPS is not available; use --device cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise RefsrError(f"unsupported device {device!r}; use cpu, cuda or mps")
+        raise RefsrError(f"unsupported device {device!r}; use cpu, cuda, mps or auto")
     return dev
 
 
@@ -88,7 +179,7 @@ def pad_to_rule(x: torch.Tensor, multiple: int, minimum: int, mode: str, centre:
     if ph == 0 and pw == 0:
         return x, (0, 0)
     top, left = (ph // 2, pw // 2) if centre else (0, 0)
-    # "replicate" needs pad < size only for "reflect"; replicate and constant pad any amount.
+    # "replicate" and "constant" pad any amount; only "reflect" needs pad < size.
     x = F.pad(x, (left, pw - left, top, ph - top), mode=mode)
     return x, (top, left)
 
@@ -109,51 +200,350 @@ def stitch_references(refs: Sequence[torch.Tensor], rule: SizeRule) -> torch.Ten
     return torch.cat(parts, dim=-2)
 
 
-def _blend_window(size: int, ramp: int, at_start: bool, at_end: bool, device: torch.device) -> torch.Tensor:
-    """A 1-D weight that is 1 inside and ramps linearly to near 0 over ``ramp`` pixels at inner tile edges."""
+# ---------------------------------------------------------------------- memory
+
+
+_MEMORY_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: int | float | str) -> int:
+    """A memory size in bytes from ``4G``, ``512M``, ``1.5GB``, ``4GiB`` or a plain number of bytes.
+
+    Units are binary (``1G`` = 2**30 bytes), as ``free -h`` and ``top`` print them.
+    """
+    if isinstance(value, bool):
+        raise RefsrError(f"bad memory size {value!r}; use e.g. 4G, 512M or a number of bytes")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(?:i?[bB])?\s*", str(value))
+        if not found:
+            raise RefsrError(f"bad memory size {value!r}; use e.g. 4G, 512M or a number of bytes")
+        number, unit = float(found.group(1)), found.group(2).upper()
+    size = int(number * _MEMORY_UNITS[unit])
+    if size <= 0:
+        raise RefsrError(f"the memory budget must be positive; got {value!r}")
+    return size
+
+
+def _format_memory(size: float) -> str:
+    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+
+
+@dataclass(frozen=True)
+class MemoryCost:
+    """A model family's peak memory, in bytes, as a sum of terms (see :func:`predict_peak_memory`).
+
+    Attributes:
+        fixed: the process with torch loaded and a tiny input run (interpreter, libraries, allocator).
+        per_parameter: per model parameter (the weights, float32).
+        per_image_pixel: per LR pixel of the whole (padded) image: the output canvas, the uint8 result and
+            the encoded file, which live for the whole run.
+        per_tile_pixel: per LR pixel of one tile: the model's working set for the LR side, the matching's
+            per-pixel buffers, the texture transfer and the decoder (the largest term).
+        per_ref_pixel: per reference pixel, the cached reference features kept for every tile.
+        per_ref_pixel_encoding: per reference pixel being encoded at once (the whole reference, or one strip
+            of it), the encoder's working set on top of the cached features.
+        per_match: per (tile LR pixel x Ref↓ pixel), for models whose matching is not chunked.
+        matching_workspace: a fixed working set of the matching (MEM's chunk budget).
+        context: LR pixels a tile discards at each inner edge (about the receptive field that matters).
+        ramp: LR pixels over which neighbouring tiles cross-fade.
+    """
+
+    fixed: int
+    per_parameter: float = 4.0
+    per_image_pixel: float = 0.0
+    per_tile_pixel: float = 0.0
+    per_ref_pixel: float = 0.0
+    per_ref_pixel_encoding: float = 0.0
+    per_match: float = 0.0
+    matching_workspace: int = 0
+    context: int = 16
+    ramp: int = 16
+
+
+#: Cost tables by model class name, calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
+#: (torch 2.13, 2 threads). For MASA the per-pixel terms were measured on ``masa-lite`` (nf = 32) and
+#: scale with ``nf / 32`` (every large map has nf channels); see :func:`memory_cost`. The margin
+#: ``MEMORY_MARGIN`` is applied on top.
+MEMORY_COSTS: dict[str, MemoryCost] = {
+    "MASA": MemoryCost(
+        fixed=300 * 2**20,
+        # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
+        per_image_pixel=320,
+        # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
+        # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
+        per_tile_pixel=22_000,
+        # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
+        per_ref_pixel=230,
+        # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
+        per_ref_pixel_encoding=700,
+        matching_workspace=256 * 2**20,
+        context=16,
+        ramp=16,
+    ),
+    "BicubicUpsampler": MemoryCost(
+        fixed=300 * 2**20,
+        per_image_pixel=320,
+        per_tile_pixel=16 * 3 * 4 * 4,
+        context=4,
+        ramp=4,
+    ),
+}
+
+#: For models with no entry: generous, so that the budget errs on the safe side.
+GENERIC_MEMORY_COST = MemoryCost(fixed=400 * 2**20, per_image_pixel=256, per_tile_pixel=40_000,
+                                 per_ref_pixel=600, per_ref_pixel_encoding=1200, per_match=8.0, context=32, ramp=16)
+
+#: Predictions are multiplied by this: the measured peaks vary by a few percent from run to run (allocator).
+MEMORY_MARGIN = 1.15
+
+
+def memory_cost(model: torch.nn.Module) -> MemoryCost:
+    """The :class:`MemoryCost` of ``model``: its own ``memory_cost`` attribute, ``MEMORY_COSTS``, or a generic one."""
+    own = getattr(model, "memory_cost", None)
+    if isinstance(own, MemoryCost):
+        return own
+    name = type(model).__name__
+    cost = MEMORY_COSTS.get(name)
+    if cost is None:
+        return GENERIC_MEMORY_COST
+    if name == "MASA":
+        width = float(getattr(model, "config", {}).get("nf", 32)) / 32
+        cost = replace(
+            cost,
+            per_tile_pixel=cost.per_tile_pixel * width,
+            per_ref_pixel=cost.per_ref_pixel * width,
+            per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
+            matching_workspace=int(getattr(model, "match_max_bytes", 256 * 2**20)),
+        )
+    return cost
+
+
+def _parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def predict_peak_memory(
+    cost: MemoryCost,
+    *,
+    parameters: int,
+    image_size: tuple[int, int],
+    tile_size: tuple[int, int],
+    ref_pixels: int,
+    ref_down_pixels: int | None = None,
+    ref_strip_pixels: int | None = None,
+) -> int:
+    """Predicted peak RSS in bytes (margin included) of upscaling an image in tiles of ``tile_size``.
+
+    Args:
+        cost: the model's :class:`MemoryCost`.
+        parameters: the model's parameter count.
+        image_size: ``(h, w)``, the padded LR.
+        tile_size: ``(th, tw)`` of a tile (the whole image when not tiled).
+        ref_pixels: pixels of all (padded) references together; 0 for models that ignore the reference.
+        ref_down_pixels: pixels of the reference map a tile is matched against (default ``ref_pixels / 16``).
+        ref_strip_pixels: pixels of one strip (halo included) when the reference is encoded in strips;
+            default: all of ``ref_pixels`` at once.
+    """
+    ref_down = ref_pixels / 16 if ref_down_pixels is None else ref_down_pixels
+    tile_pixels = tile_size[0] * tile_size[1]
+    base = cost.fixed + cost.per_parameter * parameters + cost.per_image_pixel * image_size[0] * image_size[1]
+    strip = ref_pixels if ref_strip_pixels is None else min(ref_strip_pixels, ref_pixels)
+    encoding = cost.per_ref_pixel * ref_pixels + cost.per_ref_pixel_encoding * strip
+    tiles = (cost.per_ref_pixel * ref_pixels + cost.per_tile_pixel * tile_pixels
+             + cost.per_match * tile_pixels * ref_down + (cost.matching_workspace if ref_pixels else 0))
+    return int(MEMORY_MARGIN * (base + max(encoding, tiles)))
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image is cut: ``tile`` is ``None`` for the whole image at once.
+
+    Attributes:
+        tile: the tile side in LR pixels (a multiple of the model's LR multiple), or ``None``.
+        overlap: LR pixels shared by neighbouring tiles (``2 * context + ramp``).
+        context: LR pixels each tile discards at an inner edge.
+        ramp: LR pixels of the linear cross-fade.
+        predicted_peak: the predicted peak RSS in bytes.
+    """
+
+    tile: int | None
+    overlap: int
+    context: int
+    ramp: int
+    predicted_peak: int
+
+
+def _overlap_for(cost: MemoryCost, rule: SizeRule) -> tuple[int, int, int]:
+    """``(context, ramp, overlap)`` rounded so that tiles stay on the model's LR grid."""
+    context, ramp = cost.context, cost.ramp
+    overlap = padded_size(2 * context + ramp, rule.lr_multiple, 1)
+    ramp = overlap - 2 * context  # any rounding goes to the cross-fade
+    return context, ramp, overlap
+
+
+def choose_tile(
+    model: torch.nn.Module,
+    image_size: tuple[int, int],
+    ref_pixels: int,
+    max_memory: int,
+    *,
+    tile: int | None = None,
+    ref_down_pixels: int | None = None,
+    ref_strip_pixels: int | None = None,
+) -> TilePlan:
+    """The tiling for a padded LR of ``image_size`` under ``max_memory`` bytes.
+
+    With ``tile=None`` this is the whole image if it fits, otherwise the largest tile (a multiple of the
+    model's LR multiple, at least twice the overlap) whose predicted peak fits. A given ``tile`` is kept
+    (rounded up to the LR multiple). The budget is checked either way.
+
+    Raises:
+        RefsrError: when nothing fits; the message says what budget would.
+    """
+    cost = memory_cost(model)
+    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    context, ramp, overlap = _overlap_for(cost, rule)
+    parameters = _parameter_count(model)
+    h, w = image_size
+
+    def peak(th: int, tw: int) -> int:
+        return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
+                                   ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
+                                   ref_strip_pixels=ref_strip_pixels)
+
+    smallest = padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
+    if tile is not None:
+        side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
+        if side >= h and side >= w:
+            return TilePlan(None, overlap, context, ramp, peak(h, w))
+        candidates = [side]
+    else:
+        if peak(h, w) <= max_memory:
+            return TilePlan(None, overlap, context, ramp, peak(h, w))
+        top = padded_size(max(h, w), rule.lr_multiple, 1)
+        candidates = list(range(top, smallest - 1, -rule.lr_multiple)) or [smallest]
+    for side in candidates:
+        predicted = peak(min(side, h), min(side, w))
+        if predicted <= max_memory:
+            return TilePlan(side, overlap, context, ramp, predicted)
+    needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)))
+    what = f"even tiles of {candidates[-1]} LR pixels need" if tile is None else f"tiles of {candidates[-1]} px need"
+    raise RefsrError(
+        f"the memory budget of {_format_memory(max_memory)} is too small: {what} about {needed} (the "
+        f"reference's features alone take {_format_memory(cost.per_ref_pixel * ref_pixels)}); raise "
+        f"--max-memory (max_memory=) to at least {needed}, or use a smaller reference"
+        + ("" if tile is None else " or --tile")
+    )
+
+
+# ---------------------------------------------------------------------- tiling
+
+
+def _blend_window(size: int, context: int, ramp: int, at_start: bool, at_end: bool, device: torch.device) -> torch.Tensor:
+    """A 1-D weight: 0 over ``context`` pixels at inner edges, then a linear ramp over ``ramp``, then 1.
+
+    Two neighbours overlapping by ``2 * context + ramp`` have ramps that sum to exactly 1.
+    """
     w = torch.ones(size, device=device)
-    if ramp > 0:
-        rising = (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / ramp
-        if not at_start:
-            w[:ramp] = rising
-        if not at_end:
-            w[size - ramp:] = rising.flip(0)
+    rising = (torch.arange(ramp, device=device, dtype=torch.float32) + 0.5) / max(ramp, 1)
+    if not at_start:
+        w[:context] = 0
+        w[context : context + ramp] = rising
+    if not at_end:
+        w[size - context :] = 0
+        w[size - context - ramp : size - context] = rising.flip(0)
     return w
 
 
 def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of ``tile`` along ``length`` overlapping by at least ``overlap``; the last ends at ``length``."""
     if length <= tile:
         return [0]
     step = tile - overlap
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    return starts
+    return list(range(0, length - tile, step)) + [length - tile]
 
 
-def _run_tiled(model: torch.nn.Module, lr: torch.Tensor, ref: torch.Tensor | None, tile: int, rule: SizeRule) -> torch.Tensor:
-    """Run ``model`` on overlapping LR tiles (each matched against the whole reference) and blend the seams."""
-    scale = model.scale
-    tile = padded_size(max(tile, rule.min_lr), rule.lr_multiple, 1)
-    overlap = min(tile // 4, 16)
-    overlap = (overlap // rule.lr_multiple) * rule.lr_multiple or min(rule.lr_multiple, tile // 2)
-    h, w = lr.shape[-2:]
-    out = torch.zeros(lr.shape[0], 3, h * scale, w * scale, device=lr.device)
-    weight = torch.zeros(1, 1, h * scale, w * scale, device=lr.device)
-    ys, xs = _tile_starts(h, tile, overlap), _tile_starts(w, tile, overlap)
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", disable=len(ys) * len(xs) == 1, leave=False) as bar:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="tile", disable=not enabled or total <= 1, leave=False,
+                file=sys.stderr)
+
+
+def _run_tiled(
+    run_tile: Callable[[torch.Tensor], torch.Tensor],
+    lr: torch.Tensor,
+    scale: int,
+    plan: TilePlan,
+    progress: bool | None,
+) -> torch.Tensor:
+    """Run ``run_tile`` on overlapping LR tiles of ``lr (N,3,h,w)`` and blend them into ``(N,3,sh,sw)``.
+
+    The weight of a tile is separable (a row ramp times a column ramp) and the tiles form a grid, so the
+    sum of weights is the outer product of two 1-D sums: no full-size weight map is needed.
+    """
+    assert plan.tile is not None
+    tile = plan.tile
+    h, w = lr.shape[-2:]
+    th, tw = min(tile, h), min(tile, w)
+    ys, xs = _tile_starts(h, th, plan.overlap), _tile_starts(w, tw, plan.overlap)
+    out = torch.zeros(lr.shape[0], 3, h * scale, w * scale, device=lr.device)
+    row_weight = torch.zeros(h * scale, device=lr.device)
+    col_weight = torch.zeros(w * scale, device=lr.device)
+    context, ramp = plan.context * scale, plan.ramp * scale
+    row_windows = {y: _blend_window(th * scale, context, ramp, y == 0, y + th >= h, lr.device) for y in ys}
+    col_windows = {x: _blend_window(tw * scale, context, ramp, x == 0, x + tw >= w, lr.device) for x in xs}
+    for y in ys:
+        row_weight[y * scale : (y + th) * scale] += row_windows[y]
+    for x in xs:
+        col_weight[x * scale : (x + tw) * scale] += col_windows[x]
+
+    with _progress(len(ys) * len(xs), progress, "tiles") as bar:
         for y in ys:
             for x in xs:
-                patch = lr[..., y : y + tile, x : x + tile]
-                sr = model(patch, ref)
-                th, tw = sr.shape[-2:]
-                wy = _blend_window(th, overlap * scale, y == 0, y + tile >= h, lr.device)
-                wx = _blend_window(tw, overlap * scale, x == 0, x + tile >= w, lr.device)
-                wgt = wy[:, None] * wx[None, :]
-                out[..., y * scale : y * scale + th, x * scale : x * scale + tw] += sr * wgt
-                weight[..., y * scale : y * scale + th, x * scale : x * scale + tw] += wgt
+                sr = run_tile(lr[..., y : y + th, x : x + tw])
+                weight = row_windows[y][:, None] * col_windows[x][None, :]
+                out[..., y * scale : (y + th) * scale, x * scale : (x + tw) * scale].addcmul_(sr, weight)
+                del sr
                 bar.update(1)
-    return out / weight
+    return out.div_(row_weight[:, None]).div_(col_weight[None, :])
+
+
+# ---------------------------------------------------------------------- references
+
+
+def _self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The LR upscaled with PIL bicubic: the stand-in reference when none is given (``(1,3,sh,sw)``)."""
+    h, w = x.shape[-2:]
+    return imresize((x * 255).round().to(torch.uint8), size=(h * scale, w * scale)).float().div_(255)
+
+
+def _reference_tensors(ref: ImageLike | Sequence[ImageLike] | None, x: torch.Tensor, scale: int,
+                       device: torch.device) -> list[torch.Tensor]:
+    if ref is None:
+        return [_self_reference(x, scale)]
+    if isinstance(ref, (list, tuple)):
+        if not ref:
+            raise RefsrError("an empty list of references was given; pass None for self-reference")
+        return [image_to_tensor(item).to(device) for item in ref]
+    return [image_to_tensor(ref).to(device)]
+
+
+def _resolve_multi_ref(multi_ref: str, model: torch.nn.Module) -> str:
+    if multi_ref not in MULTI_REF_MODES:
+        raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
+    mode = AUTO_MULTI_REF if multi_ref == "auto" else multi_ref
+    if mode == "per-tile" and not hasattr(model, "encode_reference"):
+        # Choosing per tile needs the model's matching on its own; without it, stitch.
+        return "stitch"
+    return mode
+
+
+# ---------------------------------------------------------------------- upscale
 
 
 @torch.no_grad()
@@ -165,22 +555,38 @@ def upscale(
     weights: str | os.PathLike | None = None,
     tile: int | None = None,
     device: str | torch.device = "cpu",
+    max_memory: int | str = DEFAULT_MAX_MEMORY,
+    multi_ref: str = "auto",
+    progress: bool | None = None,
 ) -> Image.Image | np.ndarray:
     """Super-resolve ``lr`` with the help of ``ref``.
 
     Args:
-        lr: the low-resolution image: a PIL image, an ``HxWx3`` uint8 RGB array, or a file path.
-        ref: the reference (same types), a list of references (stacked as MASA does), or ``None`` for
-            self-reference: the LR upscaled with PIL bicubic stands in as its own reference.
+        lr: the low-resolution image: a PIL image (any mode), an ``HxW``/``HxWx3``/``HxWx4`` uint8 (or uint16)
+            array, or a file path. Grey is replicated to RGB, alpha is dropped, 16-bit is scaled to 8.
+        ref: the reference (same types), a list of references, or ``None`` for self-reference: the LR
+            upscaled with PIL bicubic stands in as its own reference.
         model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``.
         weights: for a model name, what :func:`refsr.create_model` should load; ``None`` means the shipped
             weights for ``"default"`` and random initialisation otherwise.
-        tile: the tile side in LR pixels; ``None`` runs the whole image at once.
-        device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        tile: the tile side in LR pixels; ``None`` chooses it from ``max_memory`` (the whole image when it
+            fits).
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+        max_memory: the budget for the process's peak memory, in bytes or as ``"4G"``/``"512M"``.
+        multi_ref: with several references, ``"stitch"`` (stacked into one, as MASA's multi-reference test),
+            ``"per-tile"`` (each tile uses the reference it matches best) or ``"auto"``.
+        progress: a progress bar over tiles on stderr; ``None``: only when stderr is a terminal.
 
     Returns:
-        The SR image, ``scale`` times larger: a PIL image for PIL input, otherwise an ``HxWx3`` uint8 array.
+        The SR image, ``scale`` times larger: a PIL image (RGB) for PIL input, otherwise an ``HxWx3`` uint8
+        RGB array (also for a path).
+
+    Raises:
+        RefsrError: unreadable or bad input, an unusable device, or a budget too small for the reference.
     """
+    budget = parse_memory(max_memory)
+    if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
+        raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
     net = resolve_model(model, weights).to(dev).eval()
     rule: SizeRule = getattr(net, "size_rule", SizeRule())
@@ -188,26 +594,78 @@ def upscale(
 
     x = image_to_tensor(lr).to(dev)
     h, w = x.shape[-2:]
-    r: torch.Tensor | None = None
-    if getattr(net, "uses_ref", True):
-        if ref is None:
-            r = imresize((x * 255).round().to(torch.uint8), size=(h * scale, w * scale)).float() / 255
-        elif isinstance(ref, (list, tuple)):
-            if not ref:
-                raise RefsrError("an empty list of references was given; pass None for self-reference")
-            refs = [image_to_tensor(item).to(dev) for item in ref]
-            r = refs[0] if len(refs) == 1 else stitch_references(refs, rule)
-        else:
-            r = image_to_tensor(ref).to(dev)
-        r, _ = pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)
-
     xp, (top, left) = pad_to_rule(x, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
-    if tile is not None and int(tile) < 1:
-        raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
-    if tile is not None and (xp.shape[-2] > tile or xp.shape[-1] > tile):
-        sr = _run_tiled(net, xp, r, int(tile), rule)
+    del x
+
+    refs: list[torch.Tensor] = []
+    mode = "stitch"
+    if getattr(net, "uses_ref", True):
+        refs = _reference_tensors(ref, xp[..., top : top + h, left : left + w], scale, dev)
+        mode = _resolve_multi_ref(multi_ref, net) if len(refs) > 1 else "stitch"
+        if mode == "stitch" and len(refs) > 1:
+            refs = [stitch_references(refs, rule)]
+        refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
+
+    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in refs)
+    ref_down_pixels = max((r.shape[-2] * r.shape[-1] for r in refs), default=0) // 16
+    strips = _takes_strips(net)
+    strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if strips else None
+    plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
+                       ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
+
+    run_tile = _tile_runner(net, refs, mode, strips)
+    del refs
+    if plan.tile is None:
+        sr = run_tile(xp)
     else:
-        sr = net(xp, r)
+        sr = _run_tiled(run_tile, xp, scale, plan, progress)
+    del run_tile, xp
     sr = sr[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
-    out = tensor_to_image(sr)
+    # In place: at 4096^2 every float copy of the output is 200 MB.
+    out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    del sr
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+
+
+def _takes_strips(net: torch.nn.Module) -> bool:
+    encode = getattr(net, "encode_reference", None)
+    return encode is not None and "strip_rows" in inspect.signature(encode).parameters
+
+
+def _strip_rows(width: int) -> int:
+    """Rows of a reference strip of about ``REF_STRIP_PIXELS`` pixels (a multiple of 4, at least 64)."""
+    return max(64, REF_STRIP_PIXELS // max(width, 1) // 4 * 4)
+
+
+def _strip_pixels(net: torch.nn.Module, ref: torch.Tensor) -> int:
+    """Pixels the model encodes at once for ``ref`` when it encodes in strips (halo included)."""
+    halo = int(getattr(net, "encoder_halo", lambda: 0)())
+    height, width = ref.shape[-2:]
+    return min(height, _strip_rows(width) + 2 * halo) * width
+
+
+def _tile_runner(net: torch.nn.Module, refs: list[torch.Tensor], mode: str,
+                 strips: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` with the references prepared once."""
+    if not refs:
+        return lambda tile: net(tile, None)
+    encode = getattr(net, "encode_reference", None)
+    if encode is None:
+        ref = refs[0]
+        return lambda tile: net(tile, ref)
+    if strips:
+        caches = [encode(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
+    else:
+        caches = [encode(r) for r in refs]
+    refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
+    if len(caches) == 1:
+        cache = caches[0]
+        return lambda tile: net(tile, reference_cache=cache)
+
+    def per_tile(tile: torch.Tensor) -> torch.Tensor:
+        # Matching is cheap next to decoding: match the tile against every reference, decode with the best.
+        scores = [float(net.match_reference(tile, c).score.mean()) for c in caches]
+        best = int(np.argmax(scores))
+        return net(tile, reference_cache=caches[best])
+
+    return per_tile

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -86,6 +87,7 @@ from refsr.models._size import SizeRule
 
 __all__ = [
     "MASA",
+    "MASAReferenceCache",
     "ResBlock",
     "SAM",
     "DRAM",
@@ -305,6 +307,36 @@ def _as_triple(value: Sequence[int], what: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+@dataclass
+class MASAReferenceCache:
+    """The reference side of MASA, computed once and reused for any number of LR inputs (e.g. tiles).
+
+    Everything in it depends on the reference alone, so a tiled run encodes a large Ref once and each tile
+    pays only for its LR side, the matching and the decoder. On the CPU the maps are channels-last, which
+    is also the layout the texture transfer reads (it then needs no copy of them).
+
+    Attributes:
+        ref_size: ``(H, W)`` of the Ref the cache was made from.
+        ref_down_feat: ``(N, nf, H/4, W/4)``, the encoder's first level on Ref↓ (what MEM matches against).
+        ref_feats: the encoder's three levels on the Ref, ``(N, nf, H, W)``, ``(N, nf, H/2, W/2)``,
+            ``(N, nf, H/4, W/4)``.
+    """
+
+    ref_size: tuple[int, int]
+    ref_down_feat: torch.Tensor
+    ref_feats: list[torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.ref_down_feat.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cached maps."""
+        maps = [self.ref_down_feat, *self.ref_feats]
+        return sum(m.numel() * m.element_size() for m in maps)
+
+
 class MASA(RefSRModel):
     """MASA-SR, x4. See the module docstring for the architecture and where it follows the official code.
 
@@ -478,14 +510,15 @@ class MASA(RefSRModel):
 
     # ------------------------------------------------------------------ forward
 
-    def _check_inputs(self, lr: torch.Tensor, ref: torch.Tensor, ref_down: torch.Tensor | None) -> None:
-        named = [("lr", lr), ("ref", ref)] + ([("ref_down", ref_down)] if ref_down is not None else [])
+    def _check_inputs(self, lr: torch.Tensor, ref: torch.Tensor | None, ref_down: torch.Tensor | None) -> None:
+        named = [("lr", lr)] + ([("ref", ref)] if ref is not None else [])
+        named += [("ref_down", ref_down)] if ref_down is not None else []
         for name, x in named:
             good = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.is_floating_point()
             if not good:
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise RefsrError(f"MASA needs {name} as a float (N, 3, H, W) RGB tensor; got {shape}")
-        if ref.shape[0] != lr.shape[0]:
+        if ref is not None and ref.shape[0] != lr.shape[0]:
             raise RefsrError(
                 f"lr and ref must hold the same number of images; got {lr.shape[0]} and {ref.shape[0]}"
             )
@@ -495,6 +528,8 @@ class MASA(RefSRModel):
             raise RefsrError(
                 f"MASA needs an LR whose sides divide by {multiple}; got {h}x{w}: pad it (refsr.upscale does)"
             )
+        if ref is None:
+            return
         height, width = ref.shape[-2:]
         if height % _SCALE or width % _SCALE:
             raise RefsrError(
@@ -505,12 +540,104 @@ class MASA(RefSRModel):
         if ref_down is not None and tuple(ref_down.shape) != expected:
             raise RefsrError(f"ref_down must be the Ref at 1/4 size, {expected}; got {tuple(ref_down.shape)}")
 
+    @staticmethod
+    def _layout(device: torch.device) -> torch.memory_format:
+        # On the CPU, oneDNN's convolutions are markedly faster on channels-last tensors (measured 1.4x
+        # for the 3x3 convs, 3x for the transposed ones). The weights may stay NCHW (no measurable cost);
+        # the elementwise ops keep the layout they are given, and the transfer's outputs are converted.
+        return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+    def encoder_halo(self) -> int:
+        """Rows of context that make a horizontal strip of the Ref encode exactly as the whole Ref does.
+
+        The receptive-field radius of the encoder's third level, in input pixels (each level is a conv and
+        its ResBlocks' two convs, all 3x3; levels 2 and 3 run at 1/2 and 1/4 size), rounded up to a
+        multiple of 4 so that strips stay aligned with the two stride-2 levels.
+        """
+        blocks = [len(level.blocks) for level in (self.encoder.level1, self.encoder.level2, self.encoder.level3)]
+        radius = sum((1 + 2 * b) * 2**i for i, b in enumerate(blocks))
+        return -(-radius // 4) * 4
+
+    def _encode_in_strips(self, ref: torch.Tensor, strip_rows: int | None) -> list[torch.Tensor]:
+        """``self.encoder(ref)``, computed over horizontal strips of ``strip_rows`` rows (plus a halo).
+
+        Peak memory is then the three output maps plus one strip's working set, instead of about four
+        full-resolution maps more. Each strip's outputs are exact (the halo covers the receptive field);
+        only the convolutions' summation order may differ with the input size, i.e. the result equals the
+        whole-image encoding to float rounding.
+        """
+        height = ref.shape[-2]
+        halo = self.encoder_halo()
+        if strip_rows is None or height <= strip_rows + 2 * halo:
+            return self.encoder(ref)
+        rows = max(4, -(-int(strip_rows) // 4) * 4)
+        n, _, _, width = ref.shape
+        layout = self._layout(ref.device)
+        outputs: list[torch.Tensor] | None = None
+        for start in range(0, height, rows):
+            stop = min(start + rows, height)
+            first, last = max(0, start - halo), min(height, stop + halo)
+            feats = self.encoder(ref[..., first:last, :])
+            if outputs is None:
+                outputs = [f.new_empty(n, f.shape[1], height // 2**i, width // 2**i).contiguous(memory_format=layout)
+                           for i, f in enumerate(feats)]
+            for i, (out, f) in enumerate(zip(outputs, feats)):
+                s = 2**i
+                out[..., start // s : stop // s, :] = f[..., (start - first) // s : (stop - first) // s, :]
+            del feats
+        assert outputs is not None
+        return outputs
+
+    def encode_reference(
+        self, ref: torch.Tensor, ref_down: torch.Tensor | None = None, *, strip_rows: int | None = None
+    ) -> MASAReferenceCache:
+        """Encode the reference once, for :meth:`forward` ``(reference_cache=...)``.
+
+        Args:
+            ref: ``(N,3,H,W)`` RGB float in [0, 1]; ``H``, ``W`` multiples of 4.
+            ref_down: ``(N,3,H/4,W/4)``, or ``None`` to make it with :meth:`make_ref_down`.
+            strip_rows: encode the Ref in horizontal strips of this many rows (see :meth:`encoder_halo`),
+                to bound the peak memory of a large Ref; ``None`` encodes it at once.
+
+        Returns:
+            A :class:`MASAReferenceCache`. With ``strip_rows=None`` (or a Ref no taller than a strip),
+            ``forward(lr, reference_cache=cache)`` equals ``forward(lr, ref, ref_down=ref_down)`` exactly;
+            with strips, to float rounding.
+        """
+        if not isinstance(ref, torch.Tensor):
+            raise RefsrError(f"MASA needs ref as a float (N, 3, H, W) RGB tensor; got {type(ref).__name__}")
+        # The LR is not known yet: check the Ref against a stand-in LR of the right batch size.
+        stand_in = ref.new_zeros(ref.shape[0] if ref.dim() == 4 else 1, 3, self.size_rule.lr_multiple,
+                                 self.size_rule.lr_multiple)
+        self._check_inputs(stand_in, ref, ref_down)
+        if ref_down is None:
+            ref_down = self.make_ref_down(ref)
+        ref_down = ref_down.to(ref.dtype)
+        layout = self._layout(ref.device)
+        ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+        return MASAReferenceCache(
+            ref_size=(int(ref.shape[-2]), int(ref.shape[-1])),
+            ref_down_feat=self.encoder.level1(ref_down),
+            ref_feats=self._encode_in_strips(ref, strip_rows),
+        )
+
+    def match_reference(self, lr: torch.Tensor, reference_cache: MASAReferenceCache) -> Correspondence:
+        """MEM of ``lr (N,3,h,w)`` against a cached reference, without decoding.
+
+        Cheap next to :meth:`forward` (the first encoder level and the matching only): enough to tell which
+        of several references suits an LR best (``corr.score``, cosines in [-1, 1], higher is better).
+        """
+        self._check_inputs(lr, None, None)
+        lr_feat = self.encoder.level1(lr.contiguous(memory_format=self._layout(lr.device)))
+        return self.match(lr_feat, reference_cache.ref_down_feat)
+
     def forward(
         self,
         lr: torch.Tensor,
-        ref: torch.Tensor,
+        ref: torch.Tensor | None = None,
         *,
         ref_down: torch.Tensor | None = None,
+        reference_cache: MASAReferenceCache | None = None,
         return_correspondence: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, Correspondence]:
         """Super-resolve ``lr`` x4 with textures from ``ref``.
@@ -518,25 +645,39 @@ class MASA(RefSRModel):
         Args:
             lr: ``(N,3,h,w)`` RGB float in [0, 1]; ``h``, ``w`` multiples of ``size_rule.lr_multiple`` (8).
             ref: ``(N,3,H,W)`` RGB float in [0, 1]; ``H``, ``W`` multiples of 4 (the official loader pads
-                to 16; :func:`refsr.upscale` does the same).
+                to 16; :func:`refsr.upscale` does the same). May be ``None`` when ``reference_cache`` is given.
             ref_down: ``(N,3,H/4,W/4)``, the Ref↓ exactly as an evaluation pipeline made it; when omitted it
                 is made from ``ref`` with :meth:`make_ref_down` (8-bit, PIL bicubic).
+            reference_cache: the result of :meth:`encode_reference`, to reuse one encoded Ref for many
+                LR inputs (``ref`` and ``ref_down`` are then ignored). The output is the same.
             return_correspondence: also return MEM's :class:`~refsr.matching.Correspondence` (LR pixel to
                 Ref↓ position), e.g. to draw the matches.
 
         Returns:
             ``(N,3,4h,4w)`` RGB float (not clamped), or ``(sr, correspondence)``.
         """
-        self._check_inputs(lr, ref, ref_down)
-        if ref_down is None:
-            ref_down = self.make_ref_down(ref)
-        ref_down = ref_down.to(ref.dtype)
-        # On the CPU, oneDNN's convolutions are markedly faster on channels-last tensors (measured 1.4x
-        # for the 3x3 convs, 3x for the transposed ones). The weights may stay NCHW (no measurable cost);
-        # the elementwise ops keep the layout they are given, and the transfer's outputs are converted.
-        layout = torch.channels_last if lr.device.type == "cpu" else torch.contiguous_format
-        lr, ref, ref_down = (x.contiguous(memory_format=layout) for x in (lr, ref, ref_down))
-        lr_feats, ref_down_feat, ref_feats = self.encode(lr, ref_down, ref)
+        if reference_cache is None:
+            if ref is None:
+                raise RefsrError("MASA needs a reference: pass ref, or reference_cache from encode_reference()")
+            self._check_inputs(lr, ref, ref_down)
+        else:
+            self._check_inputs(lr, None, None)
+            if reference_cache.batch_size != lr.shape[0]:
+                raise RefsrError(
+                    f"lr and the reference cache must hold the same number of images; got {lr.shape[0]} "
+                    f"and {reference_cache.batch_size}"
+                )
+        layout = self._layout(lr.device)
+        lr = lr.contiguous(memory_format=layout)
+        lr_feats = self.encoder(lr)
+        if reference_cache is None:
+            if ref_down is None:
+                ref_down = self.make_ref_down(ref)
+            ref_down = ref_down.to(ref.dtype)
+            ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+            ref_down_feat, ref_feats = self.encoder.level1(ref_down), self.encoder(ref)
+        else:
+            ref_down_feat, ref_feats = reference_cache.ref_down_feat, reference_cache.ref_feats
         corr = self.match(lr_feats[0], ref_down_feat)
         del ref_down_feat
         textures = [t.contiguous(memory_format=layout) for t in self.transfer(corr, ref_feats)]

@@ -1,0 +1,271 @@
+"""refsr.upscale: input types, sizes, tiling under a memory budget, reference caching, several references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import refsr
+from conftest import DATA, load_photo
+from refsr.errors import RefsrError
+from refsr.inference import (
+    MEMORY_COSTS,
+    choose_tile,
+    memory_cost,
+    parse_memory,
+    predict_peak_memory,
+    resolve_device,
+    stitch_references,
+    upscale,
+)
+from refsr.models._size import SizeRule
+
+LITE_SMALL = dict(nf=8, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def pil_bicubic_x4(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape[:2]
+    return np.asarray(Image.fromarray(arr).resize((4 * w, 4 * h), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def bicubic() -> torch.nn.Module:
+    return refsr.create_model("bicubic")
+
+
+@pytest.fixture(scope="module")
+def lite() -> torch.nn.Module:
+    """masa-lite with seeded random weights (the official initialisation)."""
+    torch.manual_seed(0)
+    return refsr.create_model("masa-lite").eval()
+
+
+@pytest.fixture(scope="module")
+def small() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return refsr.create_model("masa", **LITE_SMALL).eval()
+
+
+# ---------------------------------------------------------------------- input and output types
+
+
+def test_pil_in_pil_out(bicubic) -> None:
+    img = Image.open(DATA / "chelsea.png").convert("RGB").crop((0, 0, 40, 30))
+    sr = upscale(img, model=bicubic)
+    assert isinstance(sr, Image.Image) and sr.mode == "RGB" and sr.size == (160, 120)
+    np.testing.assert_array_equal(np.asarray(sr), pil_bicubic_x4(np.asarray(img)))
+
+
+def test_numpy_and_path_give_uint8_arrays(bicubic, tmp_path) -> None:
+    arr = load_photo("coffee.png")[:30, :44]
+    Image.fromarray(arr).save(tmp_path / "lr.png")
+    for source in (arr, tmp_path / "lr.png", str(tmp_path / "lr.png")):
+        sr = upscale(source, model=bicubic)
+        assert isinstance(sr, np.ndarray) and sr.dtype == np.uint8
+        np.testing.assert_array_equal(sr, pil_bicubic_x4(arr))
+
+
+@pytest.mark.parametrize("kind", ["grey_pil", "grey_array", "rgba_pil", "rgba_array", "uint16_array", "png16"])
+def test_grey_alpha_and_16_bit_inputs_are_converted(bicubic, tmp_path, kind) -> None:
+    rgb = load_photo("astronaut.png")[:24, :32]
+    grey = rgb[..., 1]
+    deep = grey.astype(np.uint16) * 257 + 100  # not an exact multiple of 257: the rounding is exercised
+    expected_grey = np.repeat(np.clip(np.rint(deep / 257.0), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    rgba = np.dstack([rgb, np.full(grey.shape, 9, np.uint8)])
+    if kind == "png16":
+        Image.fromarray(deep).save(tmp_path / "deep.png")
+        assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    source, expected = {
+        "grey_pil": (Image.fromarray(grey), np.repeat(grey[..., None], 3, axis=2)),
+        "grey_array": (grey, np.repeat(grey[..., None], 3, axis=2)),
+        "rgba_pil": (Image.fromarray(rgba, "RGBA"), rgb),
+        "rgba_array": (rgba, rgb),
+        "uint16_array": (deep, expected_grey),
+        "png16": (tmp_path / "deep.png", expected_grey),
+    }[kind]
+    sr = np.asarray(upscale(source, model=bicubic))
+    np.testing.assert_array_equal(sr, pil_bicubic_x4(np.ascontiguousarray(expected)))
+
+
+@pytest.mark.parametrize("bad", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 2), np.uint8), np.zeros((0, 5, 3), np.uint8), 42])
+def test_bad_inputs_raise_one_line(bicubic, bad) -> None:
+    with pytest.raises(RefsrError) as info:
+        upscale(bad, model=bicubic)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize("lr_hw, ref_hw", [((3, 5), (64, 64)), ((16, 300), (40, 90)), ((40, 48), (20, 24)), ((300, 16), (90, 40))])
+def test_any_size_and_aspect_ratio(small, lr_hw, ref_hw) -> None:
+    """Tiny LR (below the minimum), extreme aspect ratios, a reference smaller than the LR."""
+    # The photo mirrored into a 2x2 mosaic, for sides larger than the photo.
+    coffee = load_photo("coffee.png")
+    mosaic = np.concatenate([np.concatenate([coffee, coffee[:, ::-1]], 1)] * 2, 0)
+    lr = np.ascontiguousarray(mosaic[: lr_hw[0], : lr_hw[1]])
+    ref = np.ascontiguousarray(load_photo("chelsea.png")[: ref_hw[0], : ref_hw[1]])
+    sr = upscale(lr, ref, model=small)
+    assert sr.shape == (4 * lr_hw[0], 4 * lr_hw[1], 3) and sr.dtype == np.uint8
+    # The model adds a residual to bicubic; the result must stay close to it, not garbage from bad padding.
+    assert psnr(sr, pil_bicubic_x4(lr)) > 20
+
+
+def test_self_reference_is_the_bicubic_lr(small) -> None:
+    lr = load_photo("chelsea.png")[:32, :40]
+    np.testing.assert_array_equal(upscale(lr, None, model=small), upscale(lr, pil_bicubic_x4(lr), model=small))
+
+
+# ---------------------------------------------------------------------- memory budget and tiles
+
+
+def test_parse_memory() -> None:
+    assert parse_memory("4G") == 4 * 2**30
+    assert parse_memory("512M") == 512 * 2**20
+    assert parse_memory("1.5GB") == 3 * 2**29
+    assert parse_memory("2GiB") == 2 * 2**30
+    assert parse_memory("100k") == 102_400
+    assert parse_memory(123456) == parse_memory("123456") == 123456
+    for bad in ("four", "-1G", "0", "4X", True):
+        with pytest.raises(RefsrError):
+            parse_memory(bad)
+
+
+def test_choose_tile_is_the_largest_that_fits(lite) -> None:
+    cost = memory_cost(lite)
+    params = sum(p.numel() for p in lite.parameters())
+    image, ref_pixels = (1024, 1024), 2048 * 2048
+    budget = 4 * 2**30
+
+    def peak(side: int) -> int:
+        return predict_peak_memory(cost, parameters=params, image_size=image, tile_size=(side, side),
+                                   ref_pixels=ref_pixels, ref_strip_pixels=2048 * 400)
+
+    plan = choose_tile(lite, image, ref_pixels, budget, ref_strip_pixels=2048 * 400)
+    assert plan.tile is not None and plan.tile % 8 == 0
+    assert peak(plan.tile) <= budget < peak(plan.tile + 8)  # brute force: the next multiple of 8 does not fit
+    assert plan.overlap == 2 * plan.context + plan.ramp and plan.overlap % 8 == 0
+    # The whole image when it fits; a 2048^2 reference needs more than 1 GB on its own.
+    assert choose_tile(lite, (64, 64), 128 * 128, budget).tile is None
+    with pytest.raises(RefsrError, match=r"at least \d") as info:
+        choose_tile(lite, image, ref_pixels, parse_memory("1G"))
+    assert "\n" not in str(info.value)
+
+
+def test_cost_model_is_data_and_scales_with_width() -> None:
+    full, lite = refsr.create_model("masa"), refsr.create_model("masa-lite")
+    assert memory_cost(full).per_tile_pixel == 2 * memory_cost(lite).per_tile_pixel
+    assert memory_cost(lite).per_tile_pixel == MEMORY_COSTS["MASA"].per_tile_pixel
+
+
+def test_bicubic_tiled_equals_untiled_exactly(bicubic) -> None:
+    """Bicubic's support (2 LR pixels) fits in the discarded context: tiles must give the same image."""
+    lr = np.ascontiguousarray(load_photo("astronaut.png")[:120, :150])
+    whole = upscale(lr, model=bicubic)
+    np.testing.assert_array_equal(whole, pil_bicubic_x4(lr))
+    for tile in (64,):  # 3 x 3 tiles
+        np.testing.assert_array_equal(upscale(lr, model=bicubic, tile=tile), whole)
+    # The budget path: a budget that cannot hold the whole image makes it tile, with the same result.
+    cost = memory_cost(bicubic)
+    h, w = lr.shape[:2]
+    tight = cost.fixed + cost.per_image_pixel * h * w + cost.per_tile_pixel * 80 * 80
+    plan = choose_tile(bicubic, (h, w), 0, int(tight * 1.15))
+    assert plan.tile is not None and plan.tile < max(h, w)
+    np.testing.assert_array_equal(upscale(lr, model=bicubic, max_memory=int(tight * 1.15)), whole)
+
+
+def test_masa_lite_tiles_are_seamless(lite) -> None:
+    """Tiled against untiled on a real photo: PSNR >= 45 dB (the issue's bound), over two 96-pixel tiles."""
+    lr = load_photo("astronaut.png")[:96, :144]
+    ref = load_photo("coffee.png")[:160, :192]
+    whole = upscale(lr, ref, model=lite)
+    tiled = upscale(lr, ref, model=lite, tile=96)
+    assert psnr(tiled, whole) >= 45
+    assert not np.array_equal(tiled, whole)  # it really tiled (SAM statistics and MEM windows are per tile)
+
+
+def test_reference_cache_gives_the_same_output(small) -> None:
+    torch.manual_seed(3)
+    lr, ref = torch.rand(1, 3, 24, 32), torch.rand(1, 3, 240, 96)
+    with torch.no_grad():
+        plain = small(lr, ref)
+        cache = small.encode_reference(ref)
+        assert torch.equal(small(lr, reference_cache=cache), plain)
+        # In strips (halo included): the same to float rounding.
+        strips = small.encode_reference(ref, strip_rows=32)
+        for a, b in zip(cache.ref_feats, strips.ref_feats):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+        torch.testing.assert_close(small(lr, reference_cache=strips), plain, rtol=0, atol=1e-5)
+    assert cache.nbytes == sum(t.numel() * 4 for t in [cache.ref_down_feat, *cache.ref_feats])
+
+
+# ---------------------------------------------------------------------- several references
+
+
+def test_stitch_equals_the_stitched_image(small) -> None:
+    lr = load_photo("coffee.png")[:24, :32]
+    refs = [load_photo("chelsea.png")[:40, :60], load_photo("astronaut.png")[:64, :48]]
+    tensors = [torch.tensor(r).permute(2, 0, 1)[None].float() / 255 for r in refs]
+    stitched = stitch_references(tensors, small.size_rule)
+    assert stitched.shape[-2:] == (48 + 64, 64)
+    as_image = (stitched[0] * 255).round().byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(upscale(lr, refs, model=small, multi_ref="stitch"),
+                                  upscale(lr, as_image, model=small))
+
+
+def test_per_tile_picks_the_reference_that_matches(lite) -> None:
+    lr = load_photo("chelsea.png")[:40, :48]
+    good = pil_bicubic_x4(lr)
+    rng = np.random.default_rng(0)
+    unrelated = rng.integers(0, 256, good.shape, dtype=np.uint8)
+    for refs in ([unrelated, good], [good, unrelated]):
+        np.testing.assert_array_equal(upscale(lr, refs, model=lite, multi_ref="per-tile"),
+                                      upscale(lr, good, model=lite))
+    with pytest.raises(RefsrError, match="multi_ref"):
+        upscale(lr, [good, good], model=lite, multi_ref="best")
+
+
+# ---------------------------------------------------------------------- device and progress
+
+
+def test_devices() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    for bad in ("tpu", "gpu:x"):
+        with pytest.raises(RefsrError):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(RefsrError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(RefsrError, match="MPS"):
+            resolve_device("mps")
+
+
+def test_progress_bar_over_tiles_only_when_asked(bicubic, capsys) -> None:
+    lr = load_photo("coffee.png")[:48, :64]
+    upscale(lr, model=bicubic, tile=16)  # stderr is not a terminal under pytest: no bar
+    assert "tiles" not in capsys.readouterr().err
+    upscale(lr, model=bicubic, tile=16, progress=True)
+    assert "tiles" in capsys.readouterr().err
+
+
+def test_size_rule_default_for_plain_modules() -> None:
+    class Doubler(torch.nn.Module):
+        scale = 2
+        uses_ref = False
+
+        def forward(self, lr, ref=None):
+            return torch.nn.functional.interpolate(lr, scale_factor=2, mode="nearest")
+
+    lr = load_photo("coffee.png")[:10, :12]
+    sr = upscale(lr, model=Doubler())  # no size rule, no cost table: the defaults
+    np.testing.assert_array_equal(sr, lr.repeat(2, axis=0).repeat(2, axis=1))
+    assert SizeRule().lr_multiple == 1
