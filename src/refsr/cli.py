@@ -115,7 +115,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise RefsrError(f"{out}: the output must be a .safetensors file")
-    state = convert_official(args.model, read_checkpoint(args.checkpoint))
+    # AMSA's official weights come in three files (restoration net, feature_extraction.pth, texture VGG)
+    # whose keys don't collide: they are merged before conversion.
+    merged: dict = {}
+    for path in args.checkpoint:
+        part = read_checkpoint(path)
+        clash = sorted(set(merged) & set(part))
+        if clash:
+            raise RefsrError(f"{path}: key {clash[0]!r} is also in an earlier checkpoint; give each file once")
+        merged.update(part)
+    state = convert_official(args.model, merged)
     print(save_safetensors(state, out, metadata={"converted_from": args.model}))
     return 0
 
@@ -177,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = sub.add_parser("convert", help="convert an official checkpoint to refsr's safetensors layout")
     cv.add_argument("--from", dest="model", required=True, metavar="NAME")
-    cv.add_argument("checkpoint", metavar="OFFICIAL.pth")
+    cv.add_argument("checkpoint", metavar="OFFICIAL.pth", nargs="+",
+                    help="one or more official checkpoints, merged (AMSA: restoration.pth feature_extraction.pth "
+                         "and the texture VGG)")
     cv.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     cv.set_defaults(run=_cmd_convert)
 

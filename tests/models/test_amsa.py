@@ -389,6 +389,33 @@ def test_official_checkpoint_files_load_through_create_model(tmp_path) -> None:
                        state["content_extractor.conv_first.weight"])
 
 
+def test_refsr_convert_merges_the_three_official_files(tmp_path, capsys) -> None:
+    """`refsr convert --from amsa restoration.pth feature_extraction.pth vgg.pth` equals converting the merged
+    dict; a key given twice is refused."""
+    from safetensors.torch import load_file
+
+    from refsr.cli import main as cli_main
+
+    state = full_official_state(seed=3)
+    parts = {
+        "restoration.pth": {k: v for k, v in state.items() if not k.startswith(("feature_extraction", "vgg."))},
+        "feature_extraction.pth": {k: v for k, v in state.items() if k.startswith("feature_extraction")},
+        "vgg.pth": {k: v for k, v in state.items() if k.startswith("vgg.")},
+    }
+    assert all(parts.values()) and sum(len(p) for p in parts.values()) == len(state)
+    for name, part in parts.items():
+        torch.save(part, tmp_path / name)
+    out = tmp_path / "amsa.safetensors"
+    files = [str(tmp_path / name) for name in parts]
+    assert cli_main(["convert", "--from", "amsa", *files, "-o", str(out)]) == 0
+    converted, expected = load_file(str(out)), convert_official_amsa(state)
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[k], expected[k]) for k in expected)
+    assert cli_main(["convert", "--from", "amsa", files[0], files[0], "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "also in an earlier checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
