@@ -1,124 +1,251 @@
-"""How often each matcher finds the true stereo correspondence, on Middlebury's Motorcycle pair.
+"""Cross-scale matching accuracy on real stereo pairs with ground-truth disparity (RefSR-Net's Table 2).
 
 Usage::
 
-    python benchmarks/stereo_accuracy.py                 # dense, mem, patchmatch at half size
-    python benchmarks/stereo_accuracy.py --methods patchmatch --scale 1
+    python benchmarks/stereo_accuracy.py --quick            # Motorcycle at 1/4 size, every method
+    python benchmarks/stereo_accuracy.py                    # Motorcycle and Aloe at 1/2 size (slow: dense)
+    python benchmarks/stereo_accuracy.py --ccnet-weights ccnet.safetensors --methods zncc,zncc-blurred,ccnet
+    python benchmarks/stereo_accuracy.py --sr-scale 1 --methods dense,mem,patchmatch   # same-scale matching
 
-Data: scikit-image's copy of the Middlebury 2014 "Motorcycle" pair (``motorcycle_left.png``,
-``motorcycle_right.png``, 741x500 RGB) and the left image's ground-truth disparity
-(``motorcycle_disp.npz``, array ``arr_0``, float32, ``inf`` = unknown), read from
-``$REFSR_DATA/scikit-image/skimage/data/`` (``REFSR_DATA`` defaults to ``~/.cache/refsr/data``). The left
-pixel ``(y, x)`` shows the scene point that the right image shows at ``(y, x - d)``.
+RefSR-Net (Zheng et al., BMVC 2017) Table 2 measures how often the match of an LR pixel (the LR bilinearly
+upsampled x8) in the HR reference lies within 0, 1, 2, 4, 5, 6 pixels of the true position, on MPI Sintel
+with optical-flow ground truth. Sintel is not open data here; this script does the same on the stereo pairs
+of the open benchmark that have ground-truth disparity: Middlebury 2014 "Motorcycle" (scikit-image) and
+Middlebury "Aloe" (opencv-doc), read with ``refsr.data.open_pairs.OpenPairs(split="eval", kinds=["stereo"])``
+(pairs without disparity are skipped). Fetch them with ``refsr data fetch``.
 
 Protocol:
 
-* Features are the raw pixels: RGB in [0, 1] as 3 channels, so every method matches 3x3x3 patches by cosine
-  (patchmatch's 32-d projection is then no smaller than the 27-d patches, so it ranks exactly).
-* ``--scale 2`` (the default) first downsizes both images with PIL bicubic to ``round(741/2) x
-  round(500/2)``, because dense matching at full size (370k x 370k patch pairs) is far too slow here. The
-  disparity is reduced to the same grid by averaging each 2x2 block (unknown if any of the four is) and
-  halving it.
-* Everything is then cropped at the bottom/right to multiples of 8 (MEM needs the query side divisible by
-  its 8-pixel blocks), so all methods see the same pixels.
-* Query = left image, key = right image; each method runs once with its defaults (patchmatch: paper
-  schedule, seed 0).
-* A pixel counts if its disparity is known and its true match ``(y, round(x - d))`` lies inside the right
-  image. Its error is the Euclidean distance, in (downsized) pixels, between the reported match and that
-  true position (so a wrong row counts too); "<= t px" is the share of counted pixels with error <= t.
-  The true column is rounded to the pixel grid, so "<= 0 px" means the exact pixel.
+* **Images.** Left view = target, right view = reference. ``--prescale P`` (default 2; ``--quick``: 4)
+  first downsizes both views by P with PIL bicubic (``OpenPairs(prescale=P)``; the disparity follows by
+  block averaging), because dense matching at full size is far too slow on a CPU. Both views are then
+  mod-cropped to a multiple of ``lcm(8, s)``. HR = the cropped left view, LR = PIL bicubic ÷s of it
+  (``s = --sr-scale``, default 8, as in the paper), reference = the cropped right view at full resolution.
+* **Query.** The LR bilinearly upsampled ×s (:func:`refsr.matching.ccnet.upsample_lr`, the CC-Net input of
+  the paper); with ``--sr-scale 1`` the HR left view itself.
+* **Rows** (``--methods``, comma-separated):
+
+  - ``dense``, ``mem``, ``patchmatch``: the library's cosine matchers on 3x3 patches of raw RGB, query vs
+    HR reference, each with its defaults (patchmatch seed 0), searching the whole reference;
+  - ``zncc``: "ZNCC" of the paper, :func:`refsr.matching.zncc.match_zncc` on ``--zncc-patch`` (default 9)
+    RGB patches, one channel group, query vs HR reference, window ``--search-range``;
+  - ``zncc-blurred``: "ZNCC_blurry", the same against the reference blurred like the LR
+    (:func:`refsr.matching.zncc.blur_like_lr`: PIL bicubic ÷s then bilinear ×s);
+  - ``ccnet``: CC-Net descriptors (:class:`refsr.models.refsrnet.CCNet`) of the query and the reference,
+    :func:`refsr.matching.ccnet.match_ccnet` (inner product, 1x1) within ``--search-range``. With
+    ``--ccnet-weights FILE`` (a CC-Net state_dict, e.g. ``refsr train``'s ``ccnet.safetensors``, or a
+    ``refsrnet`` checkpoint with ``ccnet.`` keys) the row is "CC-Net"; without, the network keeps its seeded
+    random initialisation and the row is labelled "CC-Net (random init)": it only exercises the pipeline.
+* **Window.** ``--search-range`` R (default 100, the paper's test-time value, in pixels of the matched
+  grid) for ``zncc``, ``zncc-blurred`` and ``ccnet``: a ``(2R+1)^2`` window centred on the query position.
+* **Score.** A pixel counts if its disparity is known and its true match ``(y, round(x - d))`` lies inside the
+  reference. Its error is the Euclidean distance between the reported match and that position (a wrong row
+  counts too); "<= t px" is the share of counted pixels with error <= t, pooled over all pairs.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from refsr.errors import RefsrError
 from refsr.matching import match
+from refsr.matching.ccnet import match_ccnet, upsample_lr
+from refsr.matching.zncc import blur_like_lr, match_zncc
 
-THRESHOLDS = (0, 1, 2, 4)
-BLOCK = 8
-
-
-def data_dir() -> Path:
-    root = Path(os.environ.get("REFSR_DATA", "~/.cache/refsr/data")).expanduser()
-    return root / "scikit-image" / "skimage" / "data"
-
-
-def load_pair(scale: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Left and right images ``(1, 3, h, w)`` in [0, 1] and the disparity ``(h, w)`` in their pixels."""
-    folder = data_dir()
-    left = Image.open(folder / "motorcycle_left.png").convert("RGB")
-    right = Image.open(folder / "motorcycle_right.png").convert("RGB")
-    disparity = np.load(folder / "motorcycle_disp.npz")["arr_0"].astype(np.float64)
-    if scale > 1:
-        size = (round(left.width / scale), round(left.height / scale))
-        left = left.resize(size, Image.BICUBIC)
-        right = right.resize(size, Image.BICUBIC)
-        height, width = size[1], size[0]
-        blocks = disparity[: height * scale, : width * scale].reshape(height, scale, width, scale)
-        # The mean is inf (unknown) as soon as one of the block's pixels is unknown.
-        disparity = blocks.mean(axis=(1, 3)) / scale
-    height, width = (left.height // BLOCK) * BLOCK, (left.width // BLOCK) * BLOCK
-
-    def tensor(image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image, dtype=np.float32)[:height, :width] / 255.0
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
-
-    return tensor(left), tensor(right), disparity[:height, :width]
+THRESHOLDS = (0, 1, 2, 4, 5, 6)
+METHODS = ("dense", "mem", "patchmatch", "zncc", "zncc-blurred", "ccnet")
+#: RefSR-Net Table 2 (MPI Sintel validation set), for reference next to our numbers.
+PAPER_TABLE_2 = {
+    "ZNCC": (23.1, 45.4, 60.3, 71.9, 75.1, 76.5),
+    "ZNCC_blurry": (36.7, 55.1, 66.3, 75.3, 80.3, 81.3),
+    "PatchMatch": (35.3, 56.5, 65.6, 74.4, 77.9, 79.8),
+    "CC-Net": (43.6, 65.0, 72.0, 78.5, 81.3, 81.9),
+}
 
 
-def accuracy(coords: np.ndarray, disparity: np.ndarray) -> tuple[list[float], int]:
-    """Shares of counted pixels within each threshold, and how many pixels counted."""
+@dataclass
+class StereoPair:
+    """One evaluation pair: ``hr`` ``(1,3,H,W)`` left view, ``lr`` ``(1,3,H/s,W/s)``, ``ref`` ``(1,3,Hr,Wr)``
+    right view (all float32 RGB in [0, 1]) and ``disparity`` ``(H, W)`` float, HR pixels, NaN/inf unknown."""
+
+    name: str
+    hr: torch.Tensor
+    lr: torch.Tensor
+    ref: torch.Tensor
+    disparity: np.ndarray
+
+
+@dataclass
+class Row:
+    """Pooled result of one method: correct-pixel counts per threshold, counted pixels, seconds."""
+
+    method: str
+    label: str
+    correct: list[int] = field(default_factory=lambda: [0] * len(THRESHOLDS))
+    counted: int = 0
+    seconds: float = 0.0
+
+    @property
+    def shares(self) -> list[float]:
+        return [c / self.counted if self.counted else float("nan") for c in self.correct]
+
+
+def load_pairs(prescale: int, sr_scale: int, names: Sequence[str] | None = None,
+               root: str | None = None) -> list[StereoPair]:
+    """The open benchmark's stereo pairs with ground-truth disparity, prepared as the module docstring says."""
+    from refsr.data.open_pairs import OpenPairs
+
+    dataset = OpenPairs(root, split="eval", kinds=["stereo"], scale=sr_scale, multiple=math.lcm(8, sr_scale),
+                        prescale=prescale, skip_missing=True)
+    pairs = []
+    for index, row in enumerate(dataset.rows):
+        if names is not None and row["pair_id"] not in names:
+            continue
+        sample = dataset[index]
+        if "disparity" not in sample:
+            continue
+        pairs.append(StereoPair(str(sample["name"]), sample["hr"][None], sample["lr"][None], sample["ref"][None],
+                                sample["disparity"].numpy().astype(np.float64)))
+    return pairs
+
+
+def accuracy_counts(coords: np.ndarray, disparity: np.ndarray, key_width: int) -> tuple[list[int], int]:
+    """Correct-pixel counts per threshold and the number of counted pixels.
+
+    ``coords (H, W, 2)`` matched ``(y, x)`` in the reference; ``disparity (H, W)``, unknown = non-finite.
+    """
     height, width = disparity.shape
     ys, xs = np.mgrid[0:height, 0:width]
     known = np.isfinite(disparity)
     true_x = np.full(disparity.shape, -1.0)
     true_x[known] = np.round(xs[known] - disparity[known])
-    counted = known & (true_x >= 0) & (true_x < width)
+    counted = known & (true_x >= 0) & (true_x < key_width)
     error = np.hypot(coords[..., 0] - ys, coords[..., 1] - true_x)[counted]
-    return [float((error <= t).mean()) for t in THRESHOLDS], int(counted.sum())
+    return [int((error <= t).sum()) for t in THRESHOLDS], int(counted.sum())
+
+
+def build_ccnet(weights: str | None, *, lite: bool = False, seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """A CC-Net in eval mode and its row label: trained weights from ``weights``, else a seeded random init."""
+    from refsr.hub import read_checkpoint
+    from refsr.models.refsrnet import CCNet
+
+    torch.manual_seed(seed)
+    network = CCNet(channels=(8, 16, 32, 32, 32, 64), out_channels=128) if lite else CCNet()
+    if weights is None:
+        return network.eval(), "CC-Net (random init)"
+    state = read_checkpoint(weights)
+    if any(k.startswith("ccnet.") for k in state):
+        # A whole RefSR-Net checkpoint: keep its CC-Net part.
+        state = {k[len("ccnet."):]: v for k, v in state.items() if k.startswith("ccnet.")}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RefsrError(f"{weights}: not a CC-Net of this shape ({first}); try --ccnet-lite") from None
+    return network.eval(), "CC-Net"
+
+
+def match_pair(pair: StereoPair, method: str, *, sr_scale: int, search_range: int, zncc_patch: int,
+               ccnet: torch.nn.Module | None) -> torch.Tensor:
+    """``LongTensor (H, W, 2)``: the reference position ``(y, x)`` each HR-grid pixel of the query matched."""
+    query = upsample_lr(pair.lr, sr_scale) if sr_scale > 1 else pair.hr
+    with torch.no_grad():
+        if method in ("dense", "mem", "patchmatch"):
+            corr = match(query, pair.ref, method=method)
+        elif method == "zncc":
+            corr = match_zncc(query, pair.ref, patch_size=zncc_patch, search_range=search_range)
+        elif method == "zncc-blurred":
+            key = blur_like_lr(pair.ref, sr_scale) if sr_scale > 1 else pair.ref
+            corr = match_zncc(query, key, patch_size=zncc_patch, search_range=search_range)
+        elif method == "ccnet":
+            if ccnet is None:
+                raise RefsrError("the ccnet row needs a CC-Net (build_ccnet)")
+            corr = match_ccnet(ccnet(query), ccnet(pair.ref), patch_size=1, search_range=search_range)
+        else:
+            raise RefsrError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return corr.coords[0]
+
+
+def stereo_table(pairs: Sequence[StereoPair], methods: Sequence[str], *, sr_scale: int = 8,
+                 search_range: int = 100, zncc_patch: int = 9, ccnet: torch.nn.Module | None = None,
+                 ccnet_label: str = "CC-Net") -> list[Row]:
+    """Run every method on every pair and pool the counts (the core of :func:`main`)."""
+    labels = {"dense": "dense (cosine 3x3)", "mem": "MEM (cosine 3x3)", "patchmatch": "PatchMatch (cosine 3x3)",
+              "zncc": f"ZNCC raw ({zncc_patch}x{zncc_patch})",
+              "zncc-blurred": f"ZNCC blurred ({zncc_patch}x{zncc_patch})", "ccnet": ccnet_label}
+    rows = []
+    for method in methods:
+        if method not in labels:
+            raise RefsrError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        row = Row(method, labels[method])
+        for pair in pairs:
+            start = time.perf_counter()
+            coords = match_pair(pair, method, sr_scale=sr_scale, search_range=search_range,
+                                zncc_patch=zncc_patch, ccnet=ccnet)
+            row.seconds += time.perf_counter() - start
+            correct, counted = accuracy_counts(coords.numpy(), pair.disparity, pair.ref.shape[-1])
+            row.correct = [a + b for a, b in zip(row.correct, correct)]
+            row.counted += counted
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    lines = ["| method | time (s) | " + " | ".join(f"<= {t} px" for t in THRESHOLDS) + " |",
+             "|---|---:|" + "---:|" * len(THRESHOLDS)]
+    for row in rows:
+        cells = " | ".join(f"{100 * s:.1f} %" for s in row.shares)
+        lines.append(f"| {row.label} | {row.seconds:.1f} | {cells} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="dense,mem,patchmatch", help="comma-separated")
-    parser.add_argument("--scale", type=int, default=2, help="downsizing factor before matching (default 2)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    parser.add_argument("--prescale", type=int, default=None, help="downsizing before everything (default 2)")
+    parser.add_argument("--sr-scale", type=int, default=8, help="LR factor (default 8, the paper's)")
+    parser.add_argument("--search-range", type=int, default=100, help="window half-side (default 100)")
+    parser.add_argument("--zncc-patch", type=int, default=9, help="ZNCC patch side (default 9)")
+    parser.add_argument("--ccnet-weights", default=None, help="CC-Net weights; none: random init, labelled so")
+    parser.add_argument("--ccnet-lite", action="store_true", help="refsrnet-lite's half-width CC-Net")
+    parser.add_argument("--pairs", default=None, help="comma-separated pair ids (motorcycle, aloe)")
+    parser.add_argument("--quick", action="store_true", help="Motorcycle only, prescale 4")
+    parser.add_argument("--root", default=None, help="data cache (default: refsr's)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    prescale = args.prescale if args.prescale is not None else (4 if args.quick else 2)
+    names = args.pairs.split(",") if args.pairs else (["motorcycle"] if args.quick else None)
+    methods = [m for m in args.methods.split(",") if m]
 
-    folder = data_dir()
-    if not (folder / "motorcycle_disp.npz").exists():
-        print(f"stereo_accuracy: no Motorcycle data in {folder}; set REFSR_DATA", file=sys.stderr)
+    try:
+        pairs = load_pairs(prescale, args.sr_scale, names, args.root)
+        if not pairs:
+            print("stereo_accuracy: no stereo pair with disparity is fetched; run 'refsr data fetch'",
+                  file=sys.stderr)
+            return 2
+        ccnet, label = build_ccnet(args.ccnet_weights, lite=args.ccnet_lite) if "ccnet" in methods else (None, "")
+        print(f"pairs: {', '.join(f'{p.name} {p.hr.shape[-1]}x{p.hr.shape[-2]}' for p in pairs)} "
+              f"(prescale 1/{prescale}); LR = PIL bicubic /{args.sr_scale}, query = bilinear x{args.sr_scale}; "
+              f"search range {args.search_range}; load average {os.getloadavg()[0]:.2f}, {args.threads} threads")
+        rows = stereo_table(pairs, methods, sr_scale=args.sr_scale, search_range=args.search_range,
+                            zncc_patch=args.zncc_patch, ccnet=ccnet, ccnet_label=label)
+    except RefsrError as exc:
+        print(f"stereo_accuracy: {exc}", file=sys.stderr)
         return 2
-    left, right, disparity = load_pair(args.scale)
-    height, width = disparity.shape
-    print(
-        f"Motorcycle, scale 1/{args.scale}: {width}x{height} RGB, 3x3 patches of raw pixels; "
-        f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads"
-    )
-    rows = []
-    for method in args.methods.split(","):
-        start = time.perf_counter()
-        with torch.no_grad():
-            corr = match(left, right, method=method)
-        seconds = time.perf_counter() - start
-        shares, counted = accuracy(corr.coords[0].numpy(), disparity)
-        rows.append((method, seconds, shares, float(corr.score.mean())))
-    print(f"\n{counted} pixels with known disparity and an in-image match; error = Euclidean distance.\n")
-    print("| method | time (s) | " + " | ".join(f"<= {t} px" for t in THRESHOLDS) + " | mean cosine |")
-    print("|---|---:|" + "---:|" * len(THRESHOLDS) + "---:|")
-    for method, seconds, shares, cosine in rows:
-        cells = " | ".join(f"{100 * s:.1f} %" for s in shares)
-        print(f"| {method} | {seconds:.2f} | {cells} | {cosine:.4f} |")
+    print(f"\n{rows[0].counted} pixels with known disparity and an in-image match; error = Euclidean distance.\n")
+    print(format_table(rows))
+    print("\nPaper (MPI Sintel validation, not comparable data): "
+          + "; ".join(f"{k} {'/'.join(f'{v:.1f}' for v in vals)}" for k, vals in PAPER_TABLE_2.items()))
     return 0
 
 

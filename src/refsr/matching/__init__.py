@@ -23,11 +23,13 @@ def _methods() -> dict[str, Callable[..., Correspondence]]:
     from refsr.matching.dense import match_dense
     from refsr.matching.mem import match_mem
     from refsr.matching.patchmatch import match_patchmatch
+    from refsr.matching.zncc import match_zncc
 
-    return {"dense": match_dense, "mem": match_mem, "patchmatch": match_patchmatch, "ccnet": match_ccnet}
+    return {"dense": match_dense, "mem": match_mem, "patchmatch": match_patchmatch, "ccnet": match_ccnet,
+            "zncc": match_zncc}
 
 
-METHODS = ("dense", "mem", "patchmatch", "ccnet")
+METHODS = ("dense", "mem", "patchmatch", "ccnet", "zncc")
 
 
 def match(
