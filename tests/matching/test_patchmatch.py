@@ -320,3 +320,54 @@ def test_module_dispatcher_and_bad_options():
         match_patchmatch(query, key, query_pyramid=["not a map"], key_pyramid=[key])
     with pytest.raises(RefsrError):
         match_patchmatch(query, key[:, :5])
+
+
+def interior_dense_score(query: torch.Tensor, key: torch.Tensor, margin: int) -> torch.Tensor:
+    """Brute-force best cosine ``(N, h, w)`` of each query patch over keys >= ``margin`` from the border."""
+    q = F.unfold(F.pad(query.double(), (1,) * 4), 3)
+    k = F.unfold(F.pad(key.double(), (1,) * 4), 3)
+    q = q / q.norm(dim=1, keepdim=True).clamp_min(EPS)
+    k = k / k.norm(dim=1, keepdim=True).clamp_min(EPS)
+    height, width = key.shape[-2:]
+    allowed = torch.zeros(height, width, dtype=torch.bool)
+    allowed[margin : height - margin, margin : width - margin] = True
+    cos = (q.transpose(1, 2) @ k).masked_fill(~allowed.flatten(), float("-inf"))  # (N, h*w, H*W)
+    return cos.max(dim=2).values.view(query.shape[0], *query.shape[-2:])
+
+
+def test_each_batch_item_matches_exactly_as_it_would_alone():
+    names, shifts = ("astronaut.png", "coffee.png", "chelsea.png"), ((3, -4), (-2, 5), (1, 1))
+    pairs = [shifted_pair(name, size=(20, 24), shift=shift) for name, shift in zip(names, shifts)]
+    query = torch.cat([q for q, _ in pairs]).float()
+    key = torch.cat([k for _, k in pairs]).float()
+    for options in ({"schedule": "paper"}, {"schedule": "official", "key_margin": 1}):
+        batch = match_patchmatch(query, key, seed=5, pca_samples=256, **options)
+        for item in range(3):
+            alone = match_patchmatch(
+                query[item : item + 1], key[item : item + 1], seed=5, pca_samples=256, **options
+            )
+            assert torch.equal(batch.index[item], alone.index[0])
+            assert torch.equal(batch.score[item], alone.score[0])
+
+
+def test_key_margin_keeps_keys_inside_and_is_nearly_optimal_there():
+    query, key = shifted_pair("chelsea.png", size=(40, 48), shift=(-3, 4))
+    corr = PatchMatcher(key_margin=1)(query.float(), key.float())
+    height, width = key.shape[-2:]
+    y, x = corr.index // width, corr.index % width
+    assert int(y.min()) >= 1 and int(y.max()) <= height - 2
+    assert int(x.min()) >= 1 and int(x.max()) <= width - 2
+    optimal = interior_dense_score(query, key, 1)
+    achieved = true_cosine(query, key, corr.index, 3)
+    assert float(achieved.mean() / optimal.mean()) >= 0.99
+    # On noise the unrestricted optimum often lies on the border; the margin must still hold there.
+    gen = torch.Generator().manual_seed(9)
+    noisy = match_patchmatch(
+        torch.randn(2, 8, 12, 10, generator=gen), torch.randn(2, 8, 9, 11, generator=gen), key_margin=2
+    )
+    y, x = noisy.index // 11, noisy.index % 11
+    assert int(y.min()) >= 2 and int(y.max()) <= 6 and int(x.min()) >= 2 and int(x.max()) <= 8
+    with pytest.raises(RefsrError):
+        match_patchmatch(torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 2), key_margin=1)
+    with pytest.raises(RefsrError):
+        match_patchmatch(torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8), key_margin=-1)

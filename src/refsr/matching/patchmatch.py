@@ -8,7 +8,9 @@ Algorithm (per pyramid level, coarsest first):
 
 1. **Initialisation.** At the coarsest level every query position gets a uniformly random key position drawn
    from a ``torch.Generator`` seeded with ``seed`` (the official code calls the unseeded ``torch.rand``, so
-   its test-time output varies from run to run). Finer levels start from the coarser level's field,
+   its test-time output varies from run to run). The draw is made once for a single item and shared by the
+   whole batch, like the search jitter below, and the projection axes are fitted per item: each item's
+   result is exactly what it would be alone. Finer levels start from the coarser level's field,
    upsampled by nearest neighbour on the query grid with the key coordinates rescaled and the query's
    sub-cell position added (so a constant displacement stays exactly constant across levels), rounded and
    clamped to the key.
@@ -33,6 +35,10 @@ Algorithm (per pyramid level, coarsest first):
       1/16 of the finest key, which it applies at every level). The official code searches the same
       widening 3x3 grid around the best match, with a deterministic ``iteration % k`` nudge instead of the
       jitter and wrap-around at the key border instead of clamping.
+
+   With ``key_margin=m`` every candidate at the finest level (initial, propagated, searched) is clamped into
+   the key positions at least ``m`` pixels from the border; ``m = 1`` gives the official finest level,
+   which matches only interior (unpadded) 3x3 key patches.
 
 3. **Exact polish.** Candidates are ranked with projected patch vectors (below); ``polish`` extra passes at
    the finest level (dilation-1 propagation, then the radius-1 search) rank each position's two best
@@ -344,10 +350,11 @@ class _Level:
 
 
 def _sample_patches(padded: torch.Tensor, patch_size: int, count: int) -> torch.Tensor:
-    """``(S, C*p*p)`` patch vectors (``F.unfold`` order) at up to ``count`` random (fixed-seed) positions."""
-    n, c, hp, wp = padded.shape
+    """``(S, C*p*p)`` patch vectors (``F.unfold`` order) of one map ``(1, C, H+2r, W+2r)`` at up to ``count``
+    random (fixed-seed) positions; the positions depend only on the map's size, never on other samples."""
+    _, c, hp, wp = padded.shape
     h, w = hp - patch_size + 1, wp - patch_size + 1
-    total = n * h * w
+    total = h * w
     # A fixed-seed random subset: a regular stride would alias with the row length and could skip whole
     # columns (e.g. the zero-padded border patches, which need axes of their own).
     if count >= total:
@@ -355,10 +362,10 @@ def _sample_patches(padded: torch.Tensor, patch_size: int, count: int) -> torch.
     else:
         generator = torch.Generator(device="cpu").manual_seed(0x5A3D)
         flat = torch.randperm(total, generator=generator)[:count].sort().values.to(padded.device)
-    b, rest = flat // (h * w), flat % (h * w)
-    y, x = rest // w, rest % w
-    taps = [padded[b, :, y + ky, x + kx] for ky in range(patch_size) for kx in range(patch_size)]
-    return torch.stack(taps, dim=2).reshape(flat.numel(), c * patch_size * patch_size)
+    y, x = flat // w, flat % w
+    plane = padded[0]
+    taps = [plane[:, y + ky, x + kx] for ky in range(patch_size) for kx in range(patch_size)]  # (C, S) each
+    return torch.stack(taps, dim=1).reshape(c * patch_size * patch_size, flat.numel()).T
 
 
 def _principal_axes(
@@ -366,10 +373,11 @@ def _principal_axes(
 ) -> tuple[torch.Tensor, float]:
     """Leading ``dim`` principal axes ``(C*p*p, dim)`` of the normalised patches, and the energy they hold.
 
-    Randomised subspace iteration (Halko, Martinsson & Tropp 2011) on the sampled patch matrix: a few thin
-    matrix products instead of a full eigendecomposition of the ``C*p*p`` square second-moment matrix, which
-    would cost more than the whole search at C=256. Uncentred, because it is inner products we approximate:
-    their error is the energy outside the kept subspace.
+    ``query_padded`` and ``key_padded`` are one batch item each, ``(1, C, ·, ·)``: the axes of a pair depend
+    on that pair alone. Randomised subspace iteration (Halko, Martinsson & Tropp 2011) on the sampled patch
+    matrix: a few thin matrix products instead of a full eigendecomposition of the ``C*p*p`` square
+    second-moment matrix, which would cost more than the whole search at C=256. Uncentred, because it is
+    inner products we approximate: their error is the energy outside the kept subspace.
     """
     rows = torch.cat(
         [
@@ -418,25 +426,47 @@ def _prepare_level(
         return _Level(_PatchVectors(query_vectors, key_vectors), (h, w), (height, width), 1.0, True)
     if proxy_dim is None or proxy_dim >= full_dim:
         return _Level(_ExactPatches(query, key, patch_size, eps), (h, w), (height, width), 1.0, True)
-    axes, energy = _principal_axes(query_padded, key_padded, patch_size, proxy_dim, pca_samples, eps)
-    # Projecting every patch onto the axes is a p x p convolution: no unfolded copy of the maps.
-    weight = axes.T.reshape(proxy_dim, c, patch_size, patch_size).to(query.dtype)
-    # Normalised after projecting, i.e. the cosine of the projections: two identical patches score exactly 1
-    # however much of their energy the axes miss. (Without this, zero-padded border patches, which the axes
-    # fit worst, lose to interior look-alikes and border rows end up badly matched.)
-    query_vectors = F.normalize(F.conv2d(query_padded, weight).flatten(2), dim=1, eps=eps)
-    key_vectors = F.normalize(F.conv2d(key_padded, weight).flatten(2), dim=1, eps=eps)
-    # Position-major rows so that one candidate is one contiguous row to gather.
-    query_vectors = query_vectors.transpose(1, 2).reshape(n * h * w, proxy_dim).contiguous()
-    key_vectors = key_vectors.transpose(1, 2).reshape(n * height * width, proxy_dim).contiguous()
-    return _Level(_PatchVectors(query_vectors, key_vectors), (h, w), (height, width), energy, False)
+    # Axes and projections per batch item, each computed exactly as for that item alone (same shapes, so
+    # the same kernels and the same rounding): a sample's matches must not depend on its batch neighbours.
+    # The loop is over N only; each step is a few thin matrix products and one convolution.
+    query_vectors = query_padded.new_empty(n, h * w, proxy_dim)
+    key_vectors = key_padded.new_empty(n, height * width, proxy_dim)
+    energies = []
+    for item in range(n):
+        item_query, item_key = query_padded[item : item + 1], key_padded[item : item + 1]
+        axes, energy = _principal_axes(item_query, item_key, patch_size, proxy_dim, pca_samples, eps)
+        energies.append(energy)
+        # Projecting every patch onto the axes is a p x p convolution: no unfolded copy of the maps.
+        weight = axes.T.reshape(proxy_dim, c, patch_size, patch_size).to(query.dtype)
+        # Normalised after projecting, i.e. the cosine of the projections: two identical patches score
+        # exactly 1 however much of their energy the axes miss. (Without this, zero-padded border patches,
+        # which the axes fit worst, lose to interior look-alikes and border rows end up badly matched.)
+        # Position-major rows so that one candidate is one contiguous row to gather.
+        query_vectors[item] = F.normalize(F.conv2d(item_query, weight).flatten(2), dim=1, eps=eps)[0].T
+        key_vectors[item] = F.normalize(F.conv2d(item_key, weight).flatten(2), dim=1, eps=eps)[0].T
+    query_vectors = query_vectors.view(n * h * w, proxy_dim)
+    key_vectors = key_vectors.view(n * height * width, proxy_dim)
+    return _Level(_PatchVectors(query_vectors, key_vectors), (h, w), (height, width), min(energies), False)
 
 
 class _Field:
-    """The match field of one level: key coordinates and (estimated) cosine per query position."""
+    """The match field of one level: key coordinates and (estimated) cosine per query position.
 
-    def __init__(self, level: _Level, y: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> None:
+    Candidates are clamped into ``bounds`` = ``(y_min, y_max, x_min, x_max)`` (inclusive) of the key. Every
+    random draw is made for one batch item and shared by all items, so that no item's matches depend on the
+    others (nor on the batch size).
+    """
+
+    def __init__(
+        self,
+        level: _Level,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        bounds: tuple[int, int, int, int],
+    ) -> None:
         self.level = level
+        self.bounds = bounds
         self.y, self.x = y, x  # (N, h, w) int32
         n, h, w = y.shape
         height, width = level.key_size
@@ -446,8 +476,8 @@ class _Field:
         # One table of uniform numbers per level; each search step reads it at a random offset, which
         # gives fresh-looking jitter without drawing 16 numbers per position per step.
         self.generator = generator
-        self.jitter_slack = min(n * h * w, 4096)
-        table_size = (2, len(_DIRECTIONS), n * h * w + self.jitter_slack)
+        self.jitter_slack = min(h * w, 4096)
+        table_size = (2, len(_DIRECTIONS), h * w + self.jitter_slack)
         self.jitter_table = torch.rand(table_size, generator=generator).to(y.device)
 
     def _rows(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -456,12 +486,13 @@ class _Field:
         return base + y * width + x
 
     def jitter(self, half: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Uniform integer offsets in ``[-half, half]``, ``(N, h, w, 8)`` each for y and x."""
-        n, h, w = self.y.shape
+        """Uniform integer offsets in ``[-half, half]``, ``(1, h, w, 8)`` each for y and x (one draw for all
+        batch items)."""
+        _, h, w = self.y.shape
         start = int(torch.randint(0, self.jitter_slack + 1, (1,), generator=self.generator))
-        window = self.jitter_table[:, :, start : start + n * h * w]
-        offsets = (window * (2 * half + 1)).floor_().to(_COORD) - half  # (2, 8, N*h*w)
-        offsets = offsets.view(2, len(_DIRECTIONS), n, h, w).permute(0, 2, 3, 4, 1)
+        window = self.jitter_table[:, :, start : start + h * w]
+        offsets = (window * (2 * half + 1)).floor_().to(_COORD) - half  # (2, 8, h*w), shared by the batch
+        offsets = offsets.view(2, len(_DIRECTIONS), 1, h, w).permute(0, 2, 3, 4, 1)
         return offsets[0], offsets[1]
 
     def consider(self, cand_y: torch.Tensor, cand_x: torch.Tensor) -> None:
@@ -470,9 +501,9 @@ class _Field:
         Only candidates that differ from the current match are evaluated: in coherent regions most
         propagated candidates are the current match again, and skipping them makes propagation cheap there.
         """
-        height, width = self.level.key_size
-        cand_y = cand_y.clamp(0, height - 1)
-        cand_x = cand_x.clamp(0, width - 1)
+        y_min, y_max, x_min, x_max = self.bounds
+        cand_y = cand_y.clamp(y_min, y_max)
+        cand_x = cand_x.clamp(x_min, x_max)
         count = cand_y.shape[-1]
         rows = self._rows(cand_y, cand_x).reshape(-1, count)
         fresh = rows != self._rows(self.y, self.x).reshape(-1, 1)
@@ -529,9 +560,10 @@ def _search(field: _Field, radius: int) -> None:
 
 def _upsample_field(
     field_y: torch.Tensor, field_x: torch.Tensor, query_size: tuple[int, int], key_size: tuple[int, int],
-    coarse_key_size: tuple[int, int],
+    coarse_key_size: tuple[int, int], bounds: tuple[int, int, int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Carry a coarse match field to a finer query grid (nearest) and key grid (rescaled coordinates)."""
+    """Carry a coarse match field to a finer query grid (nearest) and key grid (rescaled coordinates),
+    clamped into ``bounds`` ``(y_min, y_max, x_min, x_max)`` of the finer key."""
     device = field_y.device
 
     def axis(
@@ -549,8 +581,8 @@ def _upsample_field(
     cols, sub_x, scale_x = axis(coarse_w, query_size[1], coarse_key_size[1], key_size[1])
     y = field_y[:, rows][:, :, cols].double()
     x = field_x[:, rows][:, :, cols].double()
-    y = ((y + 0.5) * scale_y - 0.5 + sub_y.view(-1, 1)).round().clamp(0, key_size[0] - 1).to(_COORD)
-    x = ((x + 0.5) * scale_x - 0.5 + sub_x.view(1, -1)).round().clamp(0, key_size[1] - 1).to(_COORD)
+    y = ((y + 0.5) * scale_y - 0.5 + sub_y.view(-1, 1)).round().clamp(bounds[0], bounds[1]).to(_COORD)
+    x = ((x + 0.5) * scale_x - 0.5 + sub_x.view(1, -1)).round().clamp(bounds[2], bounds[3]).to(_COORD)
     return y, x
 
 
@@ -589,6 +621,7 @@ def match_patchmatch(
     pca_samples: int = 2048,
     min_level_size: int = 4,
     key_patch_norm_eps: float = DEFAULT_NORM_EPS,
+    key_margin: int = 0,
 ) -> Correspondence:
     """Top-1 cosine patch matching by AMSA's coarse-to-fine PatchMatch (see the module docstring).
 
@@ -618,6 +651,11 @@ def match_patchmatch(
         pca_samples: patches sampled from each of query and key, per level, to fit the projection.
         min_level_size: a level is used only if both its maps are at least this many pixels on each side.
         key_patch_norm_eps: lower bound on every patch norm before dividing (``F.normalize``'s rule).
+        key_margin: at the finest level, only key positions at least this many pixels from the key's border
+            are candidates (initial field, propagation, search and polish are all clamped into that region),
+            so every returned index lies in ``[m, H-1-m] x [m, W-1-m]``. ``1`` with ``patch_size=3`` gives
+            the official finest level, whose keys are the interior 3x3 patches only (unpadded unfold).
+            Coarser levels are not restricted (officially they match padded patches everywhere). Default 0.
 
     Returns:
         :class:`Correspondence` with ``index`` ``(N, h, w)`` int64 flat key positions ``y * W + x`` and
@@ -629,11 +667,14 @@ def match_patchmatch(
         - ``"levels"``: ``[((h_l, w_l), (H_l, W_l)), ...]``, coarsest first;
         - ``"iterations"``: iterations run per level, coarsest first;
         - ``"proxy_energy"``: per level, the share of the sampled patch energy the projection keeps (1.0
-          when exact).
+          when exact), the lowest over the batch items.
+
+        Each batch item's ``index`` and ``score`` are exactly those of matching that item alone with the
+        same options: all random draws are shared by the items and the projections are fitted per item.
 
     Raises:
         RefsrError: bad shapes or dtypes, an even patch size, an unknown schedule or propagation, a bad
-            ``proxy_dim``, or inconsistent pyramids.
+            ``proxy_dim``, or inconsistent pyramids, or a ``key_margin`` that leaves no key position.
     """
     check_pair(query, key)
     check_patch_size(patch_size)
@@ -647,6 +688,13 @@ def match_patchmatch(
         raise RefsrError("give both query_pyramid and key_pyramid, or neither")
     n, c, h, w = query.shape
     height, width = key.shape[-2:]
+    if isinstance(key_margin, bool) or not isinstance(key_margin, int) or key_margin < 0:
+        raise RefsrError(f"key_margin must be a non-negative int; got {key_margin!r}")
+    if min(height, width) <= 2 * key_margin:
+        raise RefsrError(
+            f"key_margin={key_margin} leaves no key position in a {height}x{width} key; use a larger key "
+            "or a smaller key_margin"
+        )
     radius = patch_size // 2
     shift_by_offset = propagation == "offset"
     fine_radius = default_search_radius(height, width) if search_radius is None else search_radius
@@ -661,20 +709,25 @@ def match_patchmatch(
         generator.manual_seed(seed)
         field: _Field | None = None
         energies = []
-        for level_query, level_key, count in zip(query_levels, key_levels, iterations):
+        for number, (level_query, level_key, count) in enumerate(zip(query_levels, key_levels, iterations)):
             level = _prepare_level(
                 level_query, level_key, patch_size, proxy_dim, pca_samples, key_patch_norm_eps
             )
             energies.append(level.proxy_energy)
             (lh, lw), (lkh, lkw) = level.query_size, level.key_size
+            margin = key_margin if number == len(query_levels) - 1 else 0
+            bounds = (margin, lkh - 1 - margin, margin, lkw - 1 - margin)
             if field is None:
-                y = torch.randint(0, lkh, (n, lh, lw), generator=generator, dtype=_COORD).to(query.device)
-                x = torch.randint(0, lkw, (n, lh, lw), generator=generator, dtype=_COORD).to(query.device)
+                # One draw for a single item, shared by the batch: no item's start depends on the others.
+                y = torch.randint(bounds[0], bounds[1] + 1, (1, lh, lw), generator=generator, dtype=_COORD)
+                x = torch.randint(bounds[2], bounds[3] + 1, (1, lh, lw), generator=generator, dtype=_COORD)
+                y = y.to(query.device).expand(n, -1, -1).contiguous()
+                x = x.to(query.device).expand(n, -1, -1).contiguous()
                 radii = search_radii(lkh, lkw)
             else:
-                y, x = _upsample_field(field.y, field.x, (lh, lw), (lkh, lkw), field.level.key_size)
+                y, x = _upsample_field(field.y, field.x, (lh, lw), (lkh, lkw), field.level.key_size, bounds)
                 radii = search_radii(lkh, lkw, fine_radius)
-            field = _Field(level, y, x, generator)
+            field = _Field(level, y, x, generator, bounds)
             dilations = propagation_dilations(lh, lw)
             for _ in range(count):
                 for dilation in dilations:
@@ -694,7 +747,7 @@ def match_patchmatch(
             assert isinstance(field.level.evaluator, _PatchVectors)
             exact = _ExactPatches(query_levels[-1], key_levels[-1], patch_size, key_patch_norm_eps)
             reranked = _Level(_Reranked(field.level.evaluator, exact), (h, w), (height, width), 1.0, True)
-            field = _Field(reranked, field.y, field.x, generator)
+            field = _Field(reranked, field.y, field.x, generator, field.bounds)
             for _ in range(polish):
                 _propagate(field, 1, shift_by_offset)
                 _search(field, 1)
@@ -771,6 +824,7 @@ class PatchMatcher(nn.Module):
         pca_samples: int = 2048,
         min_level_size: int = 4,
         key_patch_norm_eps: float = DEFAULT_NORM_EPS,
+        key_margin: int = 0,
     ) -> None:
         super().__init__()
         check_patch_size(patch_size)
@@ -784,6 +838,7 @@ class PatchMatcher(nn.Module):
         self.pca_samples = pca_samples
         self.min_level_size = min_level_size
         self.key_patch_norm_eps = key_patch_norm_eps
+        self.key_margin = key_margin
 
     def forward(
         self,
@@ -807,10 +862,11 @@ class PatchMatcher(nn.Module):
             pca_samples=self.pca_samples,
             min_level_size=self.min_level_size,
             key_patch_norm_eps=self.key_patch_norm_eps,
+            key_margin=self.key_margin,
         )
 
     def extra_repr(self) -> str:
         return (
             f"patch_size={self.patch_size}, schedule={self.schedule}, seed={self.seed}, "
-            f"propagation={self.propagation!r}, proxy_dim={self.proxy_dim}"
+            f"propagation={self.propagation!r}, proxy_dim={self.proxy_dim}, key_margin={self.key_margin}"
         )

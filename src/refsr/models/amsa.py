@@ -59,8 +59,8 @@ Where this follows the official implementation rather than the paper (in both mo
    :func:`match_offsets` reproduces it.
 2. **Border patches.** Officially, only patches whose 3x3 window lies inside the map take part in the final
    matching, and ``S`` is zero-padded on the 1-pixel border. Our PatchMatch matches zero-padded patches at
-   every position; matches that land on the key's border are moved one pixel inwards (to the nearest
-   interior patch) and ``S`` is computed for interior positions only, zero on the border.
+   every position but, at the finest level, searches interior key patches only (``key_margin=1``), and
+   ``S`` is computed for interior positions only, zero on the border.
 3. **Pyramid.** The PatchMatch level sizes and iteration counts follow the official code, but the
    candidate search is refsr's (seeded, projected candidate ranking with an exact polish, see
    :mod:`refsr.matching.patchmatch`); on near-ties it may pick other patches than the official code,
@@ -663,12 +663,12 @@ class AMSA(RefSRModel):
                 query, key, patch_size=3, schedule=self.schedule, seed=self.seed,
                 query_pyramid=[level.detach().repeat(repeats, 1, 1, 1) for level in lr_levels[1:]],
                 key_pyramid=[level.detach() for level in ref_levels[1:]],
-                propagation=self.propagation, proxy_dim=self.proxy_dim, polish=self.polish,
+                propagation=self.propagation, proxy_dim=self.proxy_dim, polish=self.polish, key_margin=1,
             )
-            height, width = key.shape[-2:]
-            # Officially only interior patches are keys: move border matches one pixel inwards.
-            match_y = (correspondence.index // width).clamp(1, height - 2)
-            match_x = (correspondence.index % width).clamp(1, width - 2)
+            width = key.shape[-1]
+            # key_margin=1: officially only interior patches are keys, so the search never leaves them.
+            match_y = correspondence.index // width
+            match_x = correspondence.index % width
             similarity = official_similarity(query, key, match_y, match_x)
             m, h, w = match_y.shape
             grid_y = torch.arange(h, device=match_y.device).view(1, h, 1)
