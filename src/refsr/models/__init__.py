@@ -17,6 +17,7 @@ from refsr.models._size import SizeRule
 __all__ = ["RefSRModel", "SizeRule", "list_models", "convert_official", "register_model", "register_converter",
            "DEFAULT_MODEL"]
 
-# What ``refsr.upscale(model="default")`` and ``refsr upscale`` run with ``weights="default"``. It stays the
-# bicubic baseline until a trained model's weights are shipped in ``refsr/weights/``.
-DEFAULT_MODEL = "bicubic"
+# What ``refsr.upscale(model="default")`` and ``refsr upscale`` run, with ``weights="default"``: masa-lite trained
+# here on the open benchmark's training split (configs/default.yaml; MODEL_CARD.md says on what, for how long
+# and what it reaches). Its weights ship as ``refsr/weights/masa-lite.safetensors``.
+DEFAULT_MODEL = "masa-lite"
