@@ -43,6 +43,7 @@ from refsr.matching._patches import (
     element_size,
     patch_cosine_at,
 )
+from refsr.matching._window import tile_side, window_centres, windowed_argmax
 from refsr.matching.correspondence import Correspondence
 
 __all__ = [
@@ -80,24 +81,6 @@ def scaled_centres(query_size: tuple[int, int], key_size: tuple[int, int],
     xs = ((torch.arange(w, device=device, dtype=torch.float64) + 0.5) * width / w).floor().long()
     ys, xs = ys.clamp(0, height - 1), xs.clamp(0, width - 1)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
-
-
-def _tile_side(n: int, h: int, w: int, height: int, width: int, radius: int, patch_len: int,
-               itemsize: int, max_bytes: int) -> int:
-    """The largest square tile of query positions whose working set fits ``max_bytes`` (at least 1)."""
-    step_y, step_x = max(1.0, height / h), max(1.0, width / w)
-
-    def cost(t: int) -> float:
-        rows = min(height, t * step_y + 2 * radius + 1)
-        cols = min(width, t * step_x + 2 * radius + 1)
-        candidates = rows * cols
-        # scores + window mask (1 byte) per (position, candidate), and the region's key patches.
-        return n * (t * t * candidates * (itemsize + 1) + patch_len * candidates * itemsize)
-
-    side = 1
-    while side < max(h, w) and cost(side + 1) <= max_bytes:
-        side += 1
-    return side
 
 
 def match_ccnet(
@@ -141,51 +124,12 @@ def match_ccnet(
     height, width = key.shape[-2:]
     if centres is None:
         centres = scaled_centres((h, w), (height, width), device=query.device)
-    if centres.dtype not in (torch.int32, torch.int64) or centres.shape[-3:] != (h, w, 2) \
-            or centres.dim() not in (3, 4) or (centres.dim() == 4 and centres.shape[0] != n):
-        raise RefsrError(f"centres must be an integer tensor (h, w, 2) or (N, h, w, 2) with h, w = {h}, {w}; "
-                         f"got {tuple(centres.shape)}")
-    centres = centres.to(query.device).long().expand(n, h, w, 2)
-    cy = centres[..., 0].clamp(0, height - 1)
-    cx = centres[..., 1].clamp(0, width - 1)
+    cy, cx = window_centres(centres.to(query.device), n, (h, w), (height, width))
     radius = patch_size // 2
-    big = search_range
     patch_len = c * patch_size * patch_size
-    side = _tile_side(n, h, w, height, width, big, patch_len, element_size(query.dtype), max_bytes)
-
-    with torch.no_grad():
-        key_padded = F.pad(key.detach(), (radius,) * 4)
-        query_padded = F.pad(query.detach(), (radius,) * 4)
-        index = torch.empty(n, h, w, dtype=torch.long, device=query.device)
-        best = torch.empty(n, h, w, dtype=query.dtype, device=query.device)
-        for y0 in range(0, h, side):
-            y1 = min(h, y0 + side)
-            for x0 in range(0, w, side):
-                x1 = min(w, x0 + side)
-                tile_cy, tile_cx = cy[:, y0:y1, x0:x1], cx[:, y0:y1, x0:x1]
-                # The key rectangle holding every window of the tile (over the whole batch).
-                ry0 = max(0, int(tile_cy.min()) - big)
-                ry1 = min(height, int(tile_cy.max()) + big + 1)
-                rx0 = max(0, int(tile_cx.min()) - big)
-                rx1 = min(width, int(tile_cx.max()) + big + 1)
-                rows, cols = ry1 - ry0, rx1 - rx0
-                key_cols = F.unfold(key_padded[:, :, ry0 : ry1 + 2 * radius, rx0 : rx1 + 2 * radius], patch_size)
-                query_cols = F.unfold(query_padded[:, :, y0 : y1 + 2 * radius, x0 : x1 + 2 * radius], patch_size)
-                scores = torch.bmm(query_cols.transpose(1, 2), key_cols)  # (N, T, rows * cols)
-                del key_cols, query_cols
-                t = (y1 - y0) * (x1 - x0)
-                key_ys = torch.arange(ry0, ry1, device=query.device)
-                key_xs = torch.arange(rx0, rx1, device=query.device)
-                row_ok = (key_ys.view(1, 1, -1) - tile_cy.reshape(n, t, 1)).abs() <= big  # (N, T, rows)
-                col_ok = (key_xs.view(1, 1, -1) - tile_cx.reshape(n, t, 1)).abs() <= big  # (N, T, cols)
-                inside = (row_ok.unsqueeze(-1) & col_ok.unsqueeze(-2)).view(n, t, rows * cols)
-                scores.masked_fill_(~inside, float("-inf"))
-                del inside
-                value, flat = scores.max(dim=2)
-                del scores
-                global_index = (ry0 + flat // cols) * width + rx0 + flat % cols
-                index[:, y0:y1, x0:x1] = global_index.view(n, y1 - y0, x1 - x0)
-                best[:, y0:y1, x0:x1] = value.view(n, y1 - y0, x1 - x0)
+    side = tile_side(n, h, w, height, width, search_range, patch_len, element_size(query.dtype), max_bytes)
+    index, best = windowed_argmax(query, key, cy, cx, search_range=search_range, patch_size=patch_size,
+                                  tile_side=side)
 
     score = patch_cosine_at(
         F.pad(query, (radius,) * 4), F.pad(key, (radius,) * 4), index, (height, width), patch_size,

@@ -39,7 +39,8 @@ from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.matching._patches import box_sum, check_pair, check_patch_size, element_size
-from refsr.matching.ccnet import _tile_side, scaled_centres, upsample_lr
+from refsr.matching._window import tile_side, window_centres, windowed_argmax
+from refsr.matching.ccnet import scaled_centres, upsample_lr
 from refsr.matching.correspondence import Correspondence
 
 __all__ = ["match_zncc", "ZNCCMatcher", "blur_like_lr", "DEFAULT_ZNCC_EPS", "DEFAULT_MAX_BYTES"]
@@ -165,54 +166,17 @@ def match_zncc(
         big = search_range
     if centres is None:
         centres = scaled_centres((h, w), (height, width), device=query.device)
-    if centres.dtype not in (torch.int32, torch.int64) or centres.dim() not in (3, 4) \
-            or tuple(centres.shape[-3:]) != (h, w, 2) or (centres.dim() == 4 and centres.shape[0] != n):
-        raise RefsrError(f"centres must be an integer tensor (h, w, 2) or (N, h, w, 2) with h, w = {h}, {w}; "
-                         f"got {tuple(centres.shape)}")
-    centres = centres.to(query.device).long().expand(n, h, w, 2)
-    cy = centres[..., 0].clamp(0, height - 1)
-    cx = centres[..., 1].clamp(0, width - 1)
+    cy, cx = window_centres(centres.to(query.device), n, (h, w), (height, width))
     radius = patch_size // 2
     patch_len = c * patch_size * patch_size
     # Normalised key columns double the key's share of the working set; budget for it.
-    side = _tile_side(n, h, w, height, width, big, 2 * patch_len, element_size(query.dtype), max_bytes)
+    side = tile_side(n, h, w, height, width, big, 2 * patch_len, element_size(query.dtype), max_bytes)
+    index, _ = windowed_argmax(query, key, cy, cx, search_range=big, patch_size=patch_size, tile_side=side,
+                               columns=lambda cols: _normalise_columns(cols, groups, eps),
+                               masked=search_range is not None)
 
     query_padded = F.pad(query, (radius,) * 4)
     key_padded = F.pad(key, (radius,) * 4)
-    with torch.no_grad():
-        q_pad, k_pad = query_padded.detach(), key_padded.detach()
-        index = torch.empty(n, h, w, dtype=torch.long, device=query.device)
-        for y0 in range(0, h, side):
-            y1 = min(h, y0 + side)
-            for x0 in range(0, w, side):
-                x1 = min(w, x0 + side)
-                tile_cy, tile_cx = cy[:, y0:y1, x0:x1], cx[:, y0:y1, x0:x1]
-                ry0 = max(0, int(tile_cy.min()) - big)
-                ry1 = min(height, int(tile_cy.max()) + big + 1)
-                rx0 = max(0, int(tile_cx.min()) - big)
-                rx1 = min(width, int(tile_cx.max()) + big + 1)
-                rows, cols = ry1 - ry0, rx1 - rx0
-                key_cols = _normalise_columns(
-                    F.unfold(k_pad[:, :, ry0 : ry1 + 2 * radius, rx0 : rx1 + 2 * radius], patch_size), groups, eps)
-                query_cols = _normalise_columns(
-                    F.unfold(q_pad[:, :, y0 : y1 + 2 * radius, x0 : x1 + 2 * radius], patch_size), groups, eps)
-                scores = torch.bmm(query_cols.transpose(1, 2), key_cols)  # (N, T, rows * cols)
-                del key_cols, query_cols
-                t = (y1 - y0) * (x1 - x0)
-                if search_range is not None:
-                    key_ys = torch.arange(ry0, ry1, device=query.device)
-                    key_xs = torch.arange(rx0, rx1, device=query.device)
-                    row_ok = (key_ys.view(1, 1, -1) - tile_cy.reshape(n, t, 1)).abs() <= big
-                    col_ok = (key_xs.view(1, 1, -1) - tile_cx.reshape(n, t, 1)).abs() <= big
-                    inside = (row_ok.unsqueeze(-1) & col_ok.unsqueeze(-2)).view(n, t, rows * cols)
-                    scores.masked_fill_(~inside, float("-inf"))
-                    del inside
-                # torch.max returns the first maximal index: the lowest flat key index on ties.
-                flat = scores.argmax(dim=2)
-                del scores
-                global_index = (ry0 + flat // cols) * width + rx0 + flat % cols
-                index[:, y0:y1, x0:x1] = global_index.view(n, y1 - y0, x1 - x0)
-
     score = _zncc_at(query_padded, key_padded, index, (height, width), patch_size, groups, eps)
     return Correspondence(index=index, score=score, key_size=(height, width),
                           extras={"search_range": search_range, "groups": groups})
