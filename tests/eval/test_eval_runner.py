@@ -18,12 +18,14 @@ from refsr.errors import RefsrError
 from refsr.eval import (
     add_eval_arguments,
     change_luminance,
+    cover_crop,
     evaluate,
     main_eval,
     make_dataset,
     parse_robustness,
     rescale_reference,
     run_suite,
+    unrelated_reference,
 )
 from refsr.metrics import psnr, ssim
 from refsr.models import RefSRModel
@@ -318,6 +320,46 @@ def test_robustness_tables(cufed_root: Path) -> None:
     # main run (LR↑ baseline, then the model) and one run per condition for the model only
     assert len(probe.seen) == 2 + 3
     assert probe.seen[2].shape[:2] == tuple(round(s * 0.5) for s in probe.seen[1].shape[:2])
+
+
+def test_cover_crop_by_hand() -> None:
+    photo = load_photo("coffee.png")  # odd-sized
+    h, w = photo.shape[:2]
+    # a wide target: the width decides the zoom, the height is cut evenly (extra row from the bottom)
+    out = cover_crop(photo, (20, 2 * w))
+    zoomed = pil_resize(photo, (2 * h, 2 * w))
+    top = (2 * h - 20) // 2
+    np.testing.assert_array_equal(out, zoomed[top : top + 20])
+    # a tall target: the height decides
+    out = cover_crop(photo, (h, 5))
+    left = (w - 5) // 2
+    np.testing.assert_array_equal(out, photo[:, left : left + 5])
+    assert cover_crop(photo, (h, w)).tobytes() == photo.tobytes()
+    with pytest.raises(RefsrError):
+        cover_crop(photo, (0, 4))
+
+
+def test_parse_unrelated(tmp_path: Path) -> None:
+    image = load_photo("chelsea.png")
+    Image.fromarray(image).save(tmp_path / "cat.png")
+    kind, transforms = parse_robustness(f"unrelated={tmp_path / 'cat.png'},grey")
+    assert kind == "unrelated" and [t.label for t in transforms] == ["cat", "grey"]
+    ref = load_photo("astronaut.png")
+    np.testing.assert_array_equal(transforms[0](ref), cover_crop(image, ref.shape[:2]))
+    grey = transforms[1](ref)
+    assert grey.shape == ref.shape and grey.dtype == np.uint8 and (grey == 128).all()
+    for bad in ("unrelated=", f"unrelated={tmp_path / 'missing.png'}"):
+        with pytest.raises(RefsrError):
+            parse_robustness(bad)
+
+
+def test_runner_feeds_the_unrelated_reference(cufed_root: Path) -> None:
+    dataset = make_dataset("cufed5", cufed_root, protocol="masa", level=1)
+    ref = (dataset[0]["ref"] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    other = load_photo("chelsea.png")
+    probe = RefProbe()
+    evaluate(probe, dataset, ref_transform=unrelated_reference(other), limit=1)
+    np.testing.assert_array_equal(probe.seen[0], cover_crop(other, ref.shape[:2]))
 
 
 # ---- MASA's own size rule and Ref↓ ------------------------------------------------------------------------

@@ -5,7 +5,7 @@
   Table 1), baselines, breakdowns (CUFED5 levels, open-benchmark gap and kind), robustness runs, figures.
 - :func:`make_dataset` (:mod:`refsr.eval.datasets`): ``cufed5``, ``sun80``, ``urban100``, ``manga109``,
   ``open``.
-- :mod:`refsr.eval.robustness`: reference transforms (scale mismatch, luminance change).
+- :mod:`refsr.eval.robustness`: reference transforms (scale mismatch, luminance change, unrelated content).
 - :mod:`refsr.eval.tables`, :mod:`refsr.eval.figures`: the printed tables and the PNG figures.
 - :func:`add_eval_arguments`, :func:`main_eval` (:mod:`refsr.eval.cli`): the ``refsr eval`` command.
 """
@@ -17,10 +17,12 @@ from refsr.eval.datasets import DATASETS, EVAL_PROTOCOLS, EvalProtocol, get_eval
 from refsr.eval.robustness import (
     RefTransform,
     change_luminance,
+    cover_crop,
     luminance_change,
     parse_robustness,
     rescale_reference,
     scale_mismatch,
+    unrelated_reference,
 )
 from refsr.eval.runner import ImageResult, RunResult, evaluate, prepare_inputs
 from refsr.eval.suite import EvalReport, Method, run_suite, write_json
@@ -39,6 +41,7 @@ __all__ = [
     "Table",
     "add_eval_arguments",
     "change_luminance",
+    "cover_crop",
     "evaluate",
     "format_table",
     "get_eval_protocol",
@@ -50,5 +53,6 @@ __all__ = [
     "rescale_reference",
     "run_suite",
     "scale_mismatch",
+    "unrelated_reference",
     "write_json",
 ]

@@ -116,8 +116,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="SPEC",
-        help="ref-scale=F1,F2,... (reference resized) or luminance=G1,G2+S,... (reference levels "
-        "g*v+s); repeatable",
+        help="ref-scale=F1,F2,... (reference resized), luminance=G1,G2+S,... (reference levels "
+        "g*v+s) or unrelated=IMAGE,grey (every reference replaced by that image, fitted to its size); "
+        "repeatable",
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="write every score and table as JSON")
     parser.add_argument("--save-sr", default=None, metavar="DIR", help="write the SR images under DIR")

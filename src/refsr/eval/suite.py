@@ -446,11 +446,15 @@ def run_suite(
     robust_methods = [m for m in methods if m.ref_source == "dataset"]
     for study, transforms in studies:
         for name, column, dataset in columns:
-            what = "scale" if study == "ref-scale" else "luminance"
-            table = Table(
-                f"{column}: reference {what} changed, protocol {eval_protocol.name}, x{scale}",
-                corner="Method / Ref",
-            )
+            what = {"ref-scale": "reference scale changed", "luminance": "reference luminance changed",
+                    "unrelated": "reference replaced by unrelated content"}[study]
+            table = Table(f"{column}: {what}, protocol {eval_protocol.name}, x{scale}", corner="Method / Ref")
+            # per pair kind too, when the open benchmark is broken down by kind: a reference may help on
+            # video and hurt on landmarks, which one average would hide
+            by_kind = None
+            if name == "open" and "kind" in breakdown_kinds:
+                by_kind = Table(f"{column}: {what}, by pair kind, protocol {eval_protocol.name}, x{scale}",
+                                corner="Method / Ref, kind")
             for method in robust_methods:
                 for transform in transforms:
                     if not method.uses_ref:
@@ -472,11 +476,18 @@ def run_suite(
                         )
                         report.runs.append(run)
                     table.set(method.label, transform.label, run.psnr, run.ssim, run.count)
-            if study == "ref-scale":
-                table.notes.append(
-                    "×f: the reference resized by f with PIL bicubic before the model's padding"
-                )
-            else:
-                table.notes.append("×g+s: every reference level v becomes clip(round(g*v + s), 0, 255)")
+                    if by_kind is not None:
+                        for kind_value, (p, s, n) in sorted(run.group("kind").items(), key=lambda kv: str(kv[0])):
+                            by_kind.set(f"{method.label}, {transform.label}", str(kind_value), p, s, n)
+            table.notes.append(
+                {
+                    "ref-scale": "×f: the reference resized by f with PIL bicubic before the model's padding",
+                    "luminance": "×g+s: every reference level v becomes clip(round(g*v + s), 0, 255)",
+                    "unrelated": "each column's image (PIL bicubic, aspect kept) covers and is centre-cropped "
+                    "to every reference's size; grey: a flat level-128 reference",
+                }[study]
+            )
             report.tables[f"robustness:{study}:{column}"] = table
+            if by_kind is not None:
+                report.tables[f"robustness:{study}:{column}:kind"] = by_kind
     return report
