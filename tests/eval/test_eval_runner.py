@@ -322,6 +322,20 @@ def test_robustness_tables(cufed_root: Path) -> None:
     assert probe.seen[2].shape[:2] == tuple(round(s * 0.5) for s in probe.seen[1].shape[:2])
 
 
+def test_every_spans_the_dataset(cufed_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    dataset = make_dataset("cufed5", cufed_root, protocol="masa")
+    run = evaluate(BicubicUpsampler(scale=4), dataset, every=2)
+    assert [im.name for im in run.images] == ["000", "002"]
+    assert run.images[1].psnr == evaluate(BicubicUpsampler(scale=4), dataset).images[2].psnr
+    assert [im.name for im in evaluate(BicubicUpsampler(scale=4), dataset, every=2, limit=1).images] == ["000"]
+    report = tmp_path / "every.json"
+    assert eval_cli(["--dataset", "cufed5", "--root", cufed_root, "--model", "bicubic", "--every", "3",
+                     "--json", report]) == 0
+    assert [im["name"] for im in json.loads(report.read_text())["runs"][0]["images"]] == ["000"]
+    with pytest.raises(RefsrError):
+        evaluate(BicubicUpsampler(scale=4), dataset, every=0)
+
+
 def test_cover_crop_by_hand() -> None:
     photo = load_photo("coffee.png")  # odd-sized
     h, w = photo.shape[:2]

@@ -99,6 +99,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, metavar="N", help="score only the first N images of each dataset"
     )
     parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        metavar="K",
+        help="score only images 0, K, 2K, ... of each dataset (before --limit): a quick run across all of it",
+    )
+    parser.add_argument(
         "--baselines",
         action="store_true",
         help="add the Bicubic row and the model with the LR↑ as its reference",
@@ -189,6 +196,7 @@ def main_eval(args: argparse.Namespace) -> int:
         sources=_split(args.sources) or None,
         seed=args.seed,
         limit=args.limit,
+        every=args.every,
         device=device,
         save_sr=args.save_sr,
         figures=args.figures,

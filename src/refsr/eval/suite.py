@@ -218,6 +218,7 @@ def run_suite(
     sources: Sequence[str] | None = None,
     seed: int = 0,
     limit: int | None = None,
+    every: int = 1,
     device: str | torch.device = "cpu",
     save_sr: PathLike | None = None,
     figures: PathLike | None = None,
@@ -240,6 +241,7 @@ def run_suite(
         kinds, sources: filters of the open benchmark's pairs.
         seed: picks Sun80's and Manga109's references.
         limit: score only the first ``limit`` images of every dataset.
+        every: score only every ``every``-th image (``0, every, ...``) of every dataset, then ``limit``.
         device: where the models run.
         save_sr: a folder for the SR images: ``<save_sr>/<dataset>/<method>[/<variant>]/<name>.png``.
         figures: a folder for ``<figures>/<dataset>/<name>_{crops,matches}.png`` of the first
@@ -271,6 +273,8 @@ def run_suite(
     studies = [parse_robustness(spec) if isinstance(spec, str) else spec for spec in robustness]
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
         raise RefsrError(f"--limit must be a positive number of images, got {limit!r}")
+    if isinstance(every, bool) or int(every) < 1:
+        raise RefsrError(f"--every must be a positive step between images, got {every!r}")
     for folder, option in ((save_sr, "--save-sr"), (figures, "--figures")):
         if folder is not None:
             _check_output_folder(Path(folder), option)
@@ -325,6 +329,7 @@ def run_suite(
             "sources": list(sources) if sources else None,
             "seed": seed,
             "limit": limit,
+            "every": every,
             "device": str(device),
             "baselines": baselines,
             "breakdowns": breakdown_kinds,
@@ -333,7 +338,7 @@ def run_suite(
         },
     )
     report.datasets = {column: dataset for _, column, dataset in columns}
-    common = {"protocol": eval_protocol.metric, "limit": limit, "device": device, "progress": progress}
+    common = {"protocol": eval_protocol.metric, "limit": limit, "every": every, "device": device, "progress": progress}
 
     def sr_folder(column: str, method: Method, variant: str | None = None) -> Path | None:
         if save_sr is None:
