@@ -101,17 +101,21 @@ def build_methods(*, model_name: str = "refsrnet", weights: str | None = None, s
 
     if model_name not in ("refsrnet", "refsrnet-lite"):
         raise RefsrError(f"--model must be refsrnet or refsrnet-lite; got {model_name!r}")
-    torch.manual_seed(seed)
-    bicubic = create_model("bicubic", scale=SCALE)
-    sisr = create_model("srresnet-x8")
-    if sisr_weights is not None:
-        _load_weights(sisr, sisr_weights)
-    sisr_label = "SISR (srresnet-x8)" + ("" if sisr_weights else " (random init)")
     torch.manual_seed(seed + 1)
     refsr = create_model(model_name, fusion="mask-gaussian",
                          sisr_weights=sisr_weights if weights is None else None)
     if weights is not None:
         _load_weights(refsr, weights)
+    # The SISR row is the SRResNet + NN whose trunk RefSR-Net uses, at that trunk's size (refsrnet-lite's is
+    # 32 channels, 4 blocks), so that --sisr-weights of the lite pre-training load into both.
+    trunk = refsr.lr_features
+    torch.manual_seed(seed)
+    bicubic = create_model("bicubic", scale=SCALE)
+    sisr = create_model("srresnet-x8", nf=trunk.nf, blocks=len(trunk.blocks))
+    if sisr_weights is not None:
+        _load_weights(sisr, sisr_weights)
+    size = "" if (trunk.nf, len(trunk.blocks)) == (64, 16) else f", {trunk.nf} ch, {len(trunk.blocks)} blocks"
+    sisr_label = f"SISR (srresnet-x8{size})" + ("" if sisr_weights else " (random init)")
     tag = f"RefSR-Net ({model_name}{'' if weights else ', random init'})"
     # The averaging row is the same network (same weights) with the other fusion rule.
     averaging = _with_fusion(refsr, "average")

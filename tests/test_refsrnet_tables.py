@@ -98,6 +98,10 @@ def test_refsrnet_table_on_one_pair(tables):
     lr = to_tensor(make_lr(np.ascontiguousarray(pixels), 8))
     sample = {"lr": lr, "hr": hr, "ref": ref, "name": "coffee", "kind": "video"}
     methods = tables.build_methods(model_name="refsrnet-lite")
+    # the SISR row matches the lite trunk, so one --sisr-weights file loads into both
+    sisr_trunk, refsr_trunk = methods[1].model.trunk, methods[2].model.lr_features
+    assert (sisr_trunk.nf, len(sisr_trunk.blocks)) == (refsr_trunk.nf, len(refsr_trunk.blocks)) == (32, 4)
+    assert "32 ch, 4 blocks" in methods[1].label
     # A one-block, 8-channel SISR keeps the test light; the row's pipeline is the same.
     from refsr.hub import create_model
 
