@@ -12,11 +12,12 @@ This script only *reads* two ``refsr eval --json`` reports and tabulates them (n
         --baselines --breakdown kind --robustness unrelated=coffee.png,grey --every 4 --json ssen.json
     refsr eval --dataset open --model ssen-baseline-lite --weights .../model.safetensors \\
         --breakdown kind --every 4 --json baseline.json
-    python benchmarks/ssen_table3.py ssen.json baseline.json [--figure ssen_table3.png]
+    python benchmarks/ssen_table3.py ssen.json baseline.json [more.json ...] [--figure ssen_table3.png]
 
 Rows: every run of both reports (bicubic, the baseline, SSEN with each kind of reference); columns: each pair
 kind and "all". Cells: mean Y PSNR (dB) / SSIM over that kind's images, as the reports scored them (same
-protocol, same images: the script refuses reports whose image lists differ). ``--figure`` draws the PSNR
+protocol, same images: a row may gather its images from several reports, e.g. one eval of the non-video
+kinds and one of every 4th video pair, but every row must end up with the same images). ``--figure`` draws the PSNR
 gain of each row over bicubic per kind as grouped bars (PIL only).
 """
 
@@ -45,32 +46,37 @@ def _row_label(run: dict[str, Any]) -> str:
 
 
 def collect(reports: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], tuple]]:
-    """Rows, columns and ``{(row, column): (psnr, ssim, count)}`` from eval reports' per-image runs."""
-    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
-    rows: list[str] = []
-    kinds: set[str] = set()
-    names: list[str] | None = None
+    """Rows, columns and ``{(row, column): (psnr, ssim, count)}`` from eval reports' per-image runs.
+
+    A row's images may come from several reports (e.g. one eval of the non-video kinds and one of every 4th
+    video pair); every row must end up with the same images, so that the columns compare like with like.
+    """
+    images_by_row: dict[str, dict[str, dict[str, Any]]] = {}
     for report in reports:
         for run in report["runs"]:
-            images = run["images"]
-            these = [im["name"] for im in images]
-            if names is None:
-                names = these
-            elif these != names:
-                raise SystemExit("error: the reports scored different images; run both evals with the same "
-                                 "--kinds/--every/--limit")
-            row = _row_label(run)
-            if row in rows:
-                continue  # a baseline that ignores its reference reappears unchanged in robustness tables
-            rows.append(row)
-            groups: dict[str, list[dict[str, Any]]] = {"all": images}
-            for im in images:
-                groups.setdefault(str(im.get("kind", "?")), []).append(im)
-                kinds.add(str(im.get("kind", "?")))
-            for column, ims in groups.items():
-                psnrs = [float(im["psnr"]) for im in ims]
-                ssims = [float(im["ssim"]) for im in ims]
-                cells[(row, column)] = (sum(psnrs) / len(psnrs), sum(ssims) / len(ssims), len(ims))
+            # a method that ignores its reference reappears unchanged in robustness tables: setdefault
+            # keeps one copy of each image
+            found = images_by_row.setdefault(_row_label(run), {})
+            for image in run["images"]:
+                found.setdefault(image["name"], image)
+    rows = list(images_by_row)
+    names = {row: sorted(images) for row, images in images_by_row.items()}
+    for row in rows[1:]:
+        if names[row] != names[rows[0]]:
+            raise SystemExit(f"error: {row!r} and {rows[0]!r} were scored on different images; run every eval "
+                             "with the same --kinds/--every/--limit")
+    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
+    kinds: set[str] = set()
+    for row in rows:
+        images = list(images_by_row[row].values())
+        groups: dict[str, list[dict[str, Any]]] = {"all": images}
+        for im in images:
+            groups.setdefault(str(im.get("kind", "?")), []).append(im)
+            kinds.add(str(im.get("kind", "?")))
+        for column, ims in groups.items():
+            psnrs = [float(im["psnr"]) for im in ims]
+            ssims = [float(im["ssim"]) for im in ims]
+            cells[(row, column)] = (sum(psnrs) / len(psnrs), sum(ssims) / len(ssims), len(ims))
     columns = [k for k in KIND_ORDER if k in kinds] + sorted(kinds - set(KIND_ORDER)) + ["all"]
     return rows, columns, cells
 

@@ -125,3 +125,39 @@ def test_refsrnet_table_on_one_pair(tables):
 def test_even_subset(tables):
     subset = tables.EvenSubset(list(range(10)), 4)
     assert subset.indices == [0, 3, 6, 9] and [subset[i] for i in range(len(subset))] == [0, 3, 6, 9]
+
+
+# ---- benchmarks/ssen_table3.py: SSEN Table 3 from eval reports ----------------------------------------------
+
+
+def _report_run(method: str, psnrs: dict[str, float], kinds: dict[str, str], variant: dict | None = None) -> dict:
+    images = [{"name": n, "psnr": p, "ssim": p / 100, "kind": kinds[n]} for n, p in psnrs.items()]
+    return {"dataset": "Open", "method": method, "variant": variant or {}, "images": images}
+
+
+def test_ssen_table3_gathers_rows_across_reports(tmp_path: Path) -> None:
+    table3 = load_benchmark("ssen_table3")
+    kinds = {"v1": "video", "v2": "video", "s1": "stereo"}
+    video = {"runs": [_report_run("Bicubic", {"v1": 28.0, "v2": 30.0}, kinds),
+                      _report_run("ssen-lite", {"v1": 29.0, "v2": 32.0}, kinds),
+                      _report_run("ssen-lite", {"v1": 28.5, "v2": 30.5}, kinds,
+                                  {"ref_transform": {"kind": "unrelated", "image": "/data/coffee.png"}})]}
+    other = {"runs": [_report_run("Bicubic", {"s1": 25.0}, kinds),
+                      _report_run("ssen-lite", {"s1": 26.0}, kinds),
+                      _report_run("ssen-lite", {"s1": 25.5}, kinds,
+                                  {"ref_transform": {"kind": "unrelated", "image": "/data/coffee.png"}})]}
+    rows, columns, cells = table3.collect([video, other])
+    assert rows == ["Bicubic", "ssen-lite", "ssen-lite, unrelated Ref (coffee)"]
+    assert columns == ["video", "stereo", "all"]
+    assert cells[("ssen-lite", "video")] == (30.5, 0.305, 2)
+    assert cells[("ssen-lite, unrelated Ref (coffee)", "all")][0] == pytest.approx((28.5 + 30.5 + 25.5) / 3)
+    text = table3.markdown(rows, columns, cells)
+    assert "| ssen-lite | 30.50 / 0.305 | 26.00 / 0.260 | 29.00 / 0.290 |" in text
+    table3.draw_figure(rows, columns, cells, tmp_path / "f.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "f.png").size[0] > 100
+    # a row scored on other images cannot be compared
+    short = {"runs": [_report_run("ssen-baseline-lite", {"v1": 28.0}, kinds)]}
+    with pytest.raises(SystemExit):
+        table3.collect([video, other, short])
