@@ -11,7 +11,9 @@ import refsr
 from conftest import DATA, load_photo
 from refsr.errors import RefsrError
 from refsr.inference import (
+    GENERIC_MEMORY_COST,
     MEMORY_COSTS,
+    MemoryCost,
     choose_tile,
     memory_cost,
     parse_memory,
@@ -179,6 +181,47 @@ def test_bicubic_tiled_equals_untiled_exactly(bicubic) -> None:
     plan = choose_tile(bicubic, (h, w), 0, int(tight * 1.15))
     assert plan.tile is not None and plan.tile < max(h, w)
     np.testing.assert_array_equal(upscale(lr, model=bicubic, max_memory=int(tight * 1.15)), whole)
+
+
+class SelfRefProbe(refsr.models.RefSRModel):
+    """Bicubic x4 that needs a reference and remembers each (tile, reference) pair it is given; its memory
+    cost is the generic one with a heavy reference term, so a whole self-reference outgrows small budgets."""
+
+    uses_ref = True
+    memory_cost = MemoryCost(**{**GENERIC_MEMORY_COST.__dict__, "per_ref_pixel": 20_000, "context": 4, "ramp": 4})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bicubic = refsr.create_model("bicubic")
+        self.scale, self.size_rule = 4, self.bicubic.size_rule
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        self.seen.append((lr.clone(), ref.clone()))
+        return self.bicubic(lr, None)
+
+
+def test_large_lr_without_reference_takes_a_self_reference_per_tile() -> None:
+    probe = SelfRefProbe()
+    lr = np.ascontiguousarray(load_photo("astronaut.png")[:120, :150])
+    h, w = lr.shape[:2]
+    whole_peak = predict_peak_memory(probe.memory_cost, parameters=0, image_size=(h, w), tile_size=(h, w),
+                                     ref_pixels=16 * h * w)
+    budget = whole_peak // 3
+    with pytest.raises(RefsrError):  # the whole LR with its whole self-reference does not fit
+        choose_tile(probe, (h, w), 16 * h * w, budget)
+    sr = upscale(lr, None, model=probe, max_memory=budget)
+    # bicubic is tile-invariant: the same image as untiled, and every tile saw its own LR upscaled as Ref
+    np.testing.assert_array_equal(sr, pil_bicubic_x4(lr))
+    assert len(probe.seen) > 1
+    for tile, ref in probe.seen:
+        assert tile.shape[-2] < h or tile.shape[-1] < w
+        tile8 = (tile[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        got = (ref[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(got[: 4 * tile8.shape[0], : 4 * tile8.shape[1]], pil_bicubic_x4(tile8))
+    # a reference the user gave is never swapped for another: the budget error stands
+    with pytest.raises(RefsrError, match="memory budget"):
+        upscale(lr, pil_bicubic_x4(lr), model=probe, max_memory=budget)
 
 
 def test_masa_lite_tiles_are_seamless(lite) -> None:

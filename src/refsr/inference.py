@@ -565,7 +565,8 @@ def upscale(
         lr: the low-resolution image: a PIL image (any mode), an ``HxW``/``HxWx3``/``HxWx4`` uint8 (or uint16)
             array, or a file path. Grey is replicated to RGB, alpha is dropped, 16-bit is scaled to 8.
         ref: the reference (same types), a list of references, or ``None`` for self-reference: the LR
-            upscaled with PIL bicubic stands in as its own reference.
+            upscaled with PIL bicubic stands in as its own reference. When that whole self-reference does
+            not fit ``max_memory`` (a large LR), each tile takes its own upscaled LR as its reference.
         model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``.
         weights: for a model name, what :func:`refsr.create_model` should load; ``None`` means the shipped
             weights for ``"default"`` and random initialisation otherwise.
@@ -610,10 +611,20 @@ def upscale(
     ref_down_pixels = max((r.shape[-2] * r.shape[-1] for r in refs), default=0) // 16
     strips = _takes_strips(net)
     strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if strips else None
-    plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
-                       ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
-
-    run_tile = _tile_runner(net, refs, mode, strips)
+    try:
+        plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
+                           ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
+        run_tile = _tile_runner(net, refs, mode, strips)
+    except RefsrError:
+        if ref is None and refs and tile is None:
+            # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
+            # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference:
+            # the reference shrinks with the tile, so some tile size fits.
+            refs.clear()
+            plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
+            run_tile = _local_self_reference_runner(net, scale)
+        else:
+            raise
     del refs
     if plan.tile is None:
         sr = run_tile(xp)
@@ -625,6 +636,37 @@ def upscale(
     out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     del sr
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+
+
+def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int], scale: int,
+                               budget: int) -> TilePlan:
+    """The largest tile whose run fits ``budget`` when its reference is the tile's own LR upscaled ``scale``x."""
+    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+    h, w = image_size
+    last_error: RefsrError | None = None
+    # whole-image sides are skipped: the whole LR with its whole self-reference has just failed to fit
+    for side in range(padded_size(max(h, w), rule.lr_multiple, 1) - rule.lr_multiple, 0, -rule.lr_multiple):
+        th, tw = min(side, h), min(side, w)
+        ref_pixels = th * scale * tw * scale
+        try:
+            plan = choose_tile(net, image_size, ref_pixels, budget, tile=side, ref_down_pixels=ref_pixels // 16)
+        except RefsrError as error:
+            last_error = error
+            continue
+        if plan.tile == side:  # below the smallest usable tile, choose_tile rounds up: our estimate was low
+            return plan
+    raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
+
+
+def _local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+
+    def run(tile: torch.Tensor) -> torch.Tensor:
+        ref = _self_reference(tile, scale)
+        ref = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0]
+        return net(tile, ref)
+
+    return run
 
 
 def _takes_strips(net: torch.nn.Module) -> bool:
