@@ -196,6 +196,18 @@ def test_exact_patch_predictions_reassemble_the_hr_image(monkeypatch) -> None:
             torch.testing.assert_close(model(lr, ref), hr, rtol=0, atol=1e-12)
 
 
+def test_bicubic_residual_adds_the_upscaled_lr() -> None:
+    """residual="bicubic" is the plain network's output plus PyTorch bicubic x8 of the LR, nothing else."""
+    lr, ref, _ = photo_pair((13, 19), (90, 161))
+    plain, residual = tiny(), tiny(residual="bicubic")
+    residual.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        expected = plain(lr, ref) + F.interpolate(lr, scale_factor=8, mode="bicubic", align_corners=False)
+        torch.testing.assert_close(residual(lr, ref), expected, rtol=0, atol=1e-12)
+    assert refsr.create_model("refsrnet-lite").residual == "bicubic"
+    assert refsr.create_model("refsrnet").residual == "none"
+
+
 def test_matching_uses_patch_centres_and_the_search_range() -> None:
     model = tiny()
     lr, ref, _ = photo_pair((12, 16), (100, 140))
@@ -307,7 +319,8 @@ def test_bad_inputs_get_a_clear_error(lr_shape, ref_shape, what) -> None:
 
 @pytest.mark.parametrize("options, what", [({"fusion": "median"}, "fusion"), ({"patch_stride": 0}, "patch_stride"),
                                            ({"ccnet_dilations": (1, 2)}, "dilations"),
-                                           ({"fuse_activation": "tanh"}, "fuse_activation")])
+                                           ({"fuse_activation": "tanh"}, "fuse_activation"),
+                                           ({"residual": "lr"}, "residual")])
 def test_bad_options(options, what) -> None:
     with pytest.raises(RefsrError, match=what):
         RefSRNet(**{**TINY, **options})
