@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,12 +38,14 @@ KIND_ORDER = ("video", "stereo", "stereo_calib", "flow", "multiview", "landmark_
 
 
 def _row_label(run: dict[str, Any]) -> str:
-    """A run's row: the method label, plus the reference it was given when a robustness study changed it."""
+    """A run's row: the method label (without eval's ``[weights file]`` tag), plus the reference it was given
+    when a robustness study changed it."""
+    method = re.sub(r" \[[^\]]*\]", "", run["method"])
     transform = run.get("variant", {}).get("ref_transform")
     if not transform:
-        return run["method"]
+        return method
     image = str(transform.get("image", "?"))
-    return f"{run['method']}, unrelated Ref ({'grey' if image == 'grey' else Path(image).stem})"
+    return f"{method}, unrelated Ref ({'grey' if image == 'grey' else Path(image).stem})"
 
 
 def collect(reports: Sequence[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], tuple]]:

@@ -139,7 +139,7 @@ def test_ssen_table3_gathers_rows_across_reports(tmp_path: Path) -> None:
     table3 = load_benchmark("ssen_table3")
     kinds = {"v1": "video", "v2": "video", "s1": "stereo"}
     video = {"runs": [_report_run("Bicubic", {"v1": 28.0, "v2": 30.0}, kinds),
-                      _report_run("ssen-lite", {"v1": 29.0, "v2": 32.0}, kinds),
+                      _report_run("ssen-lite [w.safetensors]", {"v1": 29.0, "v2": 32.0}, kinds),
                       _report_run("ssen-lite", {"v1": 28.5, "v2": 30.5}, kinds,
                                   {"ref_transform": {"kind": "unrelated", "image": "/data/coffee.png"}})]}
     other = {"runs": [_report_run("Bicubic", {"s1": 25.0}, kinds),
