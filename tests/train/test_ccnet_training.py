@@ -193,3 +193,19 @@ def test_refsr_train_dispatches_ccnet_configs(tmp_path, capsys) -> None:
     status = cli_main(["train", str(config), "--out", str(tmp_path / "run"), "--resume"])
     assert status == 2
     assert "CC-Net training has no resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, what", [("task: ccnet\ndata: [unclosed\n", "not valid YAML"),
+                                        ("", "the config is empty"), ("- a\n- b\n", "must be a mapping")])
+def test_unreadable_ccnet_config_files(tmp_path, capsys, text, what) -> None:
+    """A CC-Net YAML goes through the same file reader as every config: one line, exit status 2."""
+    from refsr.cli import main as cli_main
+    from refsr.train.ccnet import load_ccnet_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(RefsrError, match=what):
+        load_ccnet_config(path)
+    assert cli_main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert what in err and "\n" not in err and "Traceback" not in err

@@ -95,6 +95,7 @@ from refsr.matching.patchmatch import DEFAULT_PROXY_DIM, match_patchmatch, resol
 from refsr.models._base import RefSRModel
 from refsr.models._registry import register_converter, register_model
 from refsr.models._size import SizeRule
+from refsr.models.masa import ResBlock  # the same block as MASA's (and the official AMSA's): conv-ReLU-conv + x
 from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
 from refsr.models.vgg import VGG19Features
 from refsr.ops import deform_conv2d
@@ -149,18 +150,6 @@ def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
-
-
-class ResBlock(nn.Module):
-    """``x + conv2(ReLU(conv1(x)))``: 3x3 convolutions with bias, no normalisation, residual scale 1."""
-
-    def __init__(self, nf: int) -> None:
-        super().__init__()
-        self.conv1 = _conv(nf, nf)
-        self.conv2 = _conv(nf, nf)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
 class ContentExtractor(nn.Module):

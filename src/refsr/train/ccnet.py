@@ -358,16 +358,11 @@ def parse_ccnet_config(data: Mapping[str, Any]) -> CCNetTrainConfig:
 
 def load_ccnet_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> CCNetTrainConfig:
     """Read ``configs/ccnet.yaml``-style YAML, apply ``key.path=value`` overrides, validate."""
-    import yaml
+    from refsr.train.config import apply_overrides, read_config_file
 
-    from refsr.train.config import apply_overrides
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise RefsrError(f"{p}: no such config file")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    apply_overrides(data, overrides)
+    p, data = read_config_file(path)
     try:
+        apply_overrides(data, overrides)
         cfg = parse_ccnet_config(data)
     except RefsrError as exc:
         raise RefsrError(f"{p}: {exc}") from None

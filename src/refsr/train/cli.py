@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from refsr.errors import RefsrError
@@ -31,15 +30,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def _config_task(path: str) -> str:
-    """The ``task`` field of a YAML config (``restoration`` when absent or unreadable: the full parser then
-    reports what is wrong)."""
-    import yaml
+    """The ``task`` field of a YAML config (``restoration`` when absent); a file that cannot be read as a
+    config raises its one-line :class:`RefsrError` here already."""
+    from refsr.train.config import read_config_file
 
-    try:
-        data = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return "restoration"
-    task = data.get("task") if isinstance(data, dict) else None
+    task = read_config_file(path)[1].get("task")
     return task if isinstance(task, str) else "restoration"
 
 

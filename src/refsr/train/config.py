@@ -78,6 +78,7 @@ __all__ = [
     "LOSS_TYPES",
     "load_config",
     "parse_config",
+    "read_config_file",
     "config_to_dict",
     "apply_overrides",
     "parse_duration",
@@ -893,6 +894,23 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_regist
     Raises:
         RefsrError: ``<file>: <field.path>: <what is wrong>``.
     """
+    p, data = read_config_file(path)
+    try:
+        apply_overrides(data, overrides)
+        cfg = parse_config(data, check_registries=check_registries)
+    except RefsrError as exc:
+        raise RefsrError(f"{p}: {exc}") from None
+    if cfg.name is None:
+        cfg.name = p.stem
+    return cfg
+
+
+def read_config_file(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The expanded path and the YAML mapping of a config file (any ``task``), before overrides.
+
+    Raises:
+        RefsrError: a missing, unreadable, empty or invalid file, or one that is not a mapping.
+    """
     import yaml
 
     p = Path(path).expanduser()
@@ -908,14 +926,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_regist
         raise RefsrError(f"{p}: the config is empty")
     if not isinstance(data, dict):
         raise RefsrError(f"{p}: the config must be a mapping of sections (model, data, losses, ...)")
-    try:
-        apply_overrides(data, overrides)
-        cfg = parse_config(data, check_registries=check_registries)
-    except RefsrError as exc:
-        raise RefsrError(f"{p}: {exc}") from None
-    if cfg.name is None:
-        cfg.name = p.stem
-    return cfg
+    return p, data
 
 
 # ---------------------------------------------------------------------------------------------- output

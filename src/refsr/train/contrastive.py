@@ -418,15 +418,9 @@ def contrastive_step(run: ContrastiveRun) -> E.IterationRecord:
 
 # ----------------------------------------------------------------------------------------- checkpoints
 def _save_last(run: ContrastiveRun) -> Path | None:
-    from refsr.train.distributed import gather_objects
-
-    rng_states = gather_objects(checkpoint.capture_rng(), run.ctx)
-    if not run.ctx.is_main:
+    rng_states = E.gather_rng_for_checkpoint(run)
+    if rng_states is None:
         return None
-    bad = [name for name, p in run.model.named_parameters() if not torch.isfinite(p).all()]
-    if bad:
-        raise RefsrError(f"iteration {run.state.iteration}: the weights hold NaN or inf ({bad[0]}); the last good "
-                         f"checkpoint ({run.last_checkpoint}) is kept; lower optimizer.lr, then --resume")
     s = run.state
     state = {"format": checkpoint.FORMAT_VERSION, "iteration": s.iteration, "epoch": s.epoch,
              "position": s.position, "elapsed": s.elapsed, "best_score": None, "best_iteration": None,

@@ -499,8 +499,12 @@ def _training_state(run: Run, rng_states: list) -> dict[str, Any]:
     }
 
 
-def save_last(run: Run) -> Path | None:
-    """Write ``checkpoints/last`` (rank 0; every process hands in its RNG state)."""
+def gather_rng_for_checkpoint(run: Any) -> list[Any] | None:
+    """Every process's RNG state, on rank 0 (``None`` elsewhere), once the weights are known to be finite.
+
+    Shared by every training loop that writes ``checkpoints/last`` (``run`` needs ``ctx``, ``model``,
+    ``state.iteration`` and ``last_checkpoint``). Every rank must call it: the gather is collective.
+    """
     rng_states = gather_objects(checkpoint.capture_rng(), run.ctx)
     if not run.ctx.is_main:
         return None
@@ -510,6 +514,14 @@ def save_last(run: Run) -> Path | None:
             f"iteration {run.state.iteration}: the weights hold NaN or inf ({bad[0]}); training stopped and the "
             f"last good checkpoint ({run.last_checkpoint}) is kept; lower optimizer.lr, then --resume"
         )
+    return rng_states
+
+
+def save_last(run: Run) -> Path | None:
+    """Write ``checkpoints/last`` (rank 0; every process hands in its RNG state)."""
+    rng_states = gather_rng_for_checkpoint(run)
+    if rng_states is None:
+        return None
     weights = {"model": _state_dict_cpu(run.model)}
     if run.ema is not None:
         weights["model_ema"] = _state_dict_cpu(run.ema)
