@@ -614,17 +614,19 @@ def upscale(
     try:
         plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
                            ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
-        run_tile = _tile_runner(net, refs, mode, strips)
     except RefsrError:
-        if ref is None and refs and tile is None:
-            # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
-            # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference:
-            # the reference shrinks with the tile, so some tile size fits.
-            refs.clear()
-            plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
-            run_tile = _local_self_reference_runner(net, scale)
-        else:
+        if not (ref is None and refs and tile is None):
             raise
+        plan = None
+    if plan is None:
+        # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
+        # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
+        # reference shrinks with the tile, so some tile size fits.
+        refs.clear()
+        plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
+        run_tile = _local_self_reference_runner(net, scale)
+    else:
+        run_tile = _tile_runner(net, refs, mode, strips)
     del refs
     if plan.tile is None:
         sr = run_tile(xp)
