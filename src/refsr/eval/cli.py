@@ -56,13 +56,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "(open: optional, defaults to the data cache)",
     )
     parser.add_argument(
-        "--model", default="default", help="a model name from refsr.list_models() (default: %(default)s)"
+        "--model", default="default",
+        help="a model name, run with its shipped weights ('refsr models' lists them; default: %(default)s, "
+             "the shipped default model)",
     )
     parser.add_argument(
         "--weights",
         default=None,
         metavar="FILE",
-        help="weights: a .safetensors file or an official .pth checkpoint",
+        help="weights: a .safetensors file, an official .pth checkpoint, or 'default' (the shipped ones)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="run a model that ships no weights untrained, on purpose (without it, such a model is an error)",
     )
     parser.add_argument(
         "--protocol",
@@ -181,7 +187,7 @@ def main_eval(args: argparse.Namespace) -> int:
     if args.figure_count is not None and args.figure_count < 0:
         raise RefsrError(f"--figure-count must be 0 or more, got {args.figure_count}")
     device = resolve_device(args.device)
-    model = resolve_model(args.model, args.weights)
+    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
     report = run_suite(
         model,
         datasets,

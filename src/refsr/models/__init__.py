@@ -11,11 +11,19 @@ from refsr.models import refsrnet as _refsrnet  # noqa: F401  (registers "refsrn
 from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import ssen as _ssen  # noqa: F401  (registers "ssen*" and "rcan*")
 from refsr.models._base import RefSRModel
-from refsr.models._registry import convert_official, list_models, register_converter, register_model
+from refsr.models._registry import (
+    ModelEntry,
+    WeightsInfo,
+    convert_official,
+    get_entry,
+    list_models,
+    register_converter,
+    register_model,
+)
 from refsr.models._size import SizeRule
 
-__all__ = ["RefSRModel", "SizeRule", "list_models", "convert_official", "register_model", "register_converter",
-           "DEFAULT_MODEL"]
+__all__ = ["RefSRModel", "SizeRule", "ModelEntry", "WeightsInfo", "get_entry", "list_models", "convert_official",
+           "register_model", "register_converter", "DEFAULT_MODEL"]
 
 # What ``refsr.upscale(model="default")`` and ``refsr upscale`` run, with ``weights="default"``: masa-lite trained
 # here on the open benchmark's training split (configs/default.yaml; MODEL_CARD.md says on what, for how long

@@ -1,23 +1,76 @@
-"""Explicit model registry with keyword-only builders.
+"""Explicit model registry with keyword-only builders, and the record of every shipped weights file.
 
 Model files register their builders with ``@register_model`` when :mod:`refsr.models` imports them, by
 name, in one visible list; nothing scans the file system. Each builder takes keyword arguments only
 (``def masa(*, nf=64, ...)``), which are the overrides that :func:`refsr.create_model` passes on.
+
+Shipped weights are data, as torchvision's ``Weights.meta`` and timm's ``pretrained_cfg`` are: a model name
+that ships weights registers a :class:`WeightsInfo` (file, sha256, parameter count, how it was trained and
+what it scored), declared in its model file next to the variant. ``list_models(pretrained=True)``, ``refsr
+models`` and the model card read these records; a test checks them against the files and the docs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 from refsr.errors import RefsrError
 
-__all__ = ["ModelEntry", "register_model", "register_converter", "get_entry", "list_models", "convert_official"]
+__all__ = ["ModelEntry", "WeightsInfo", "register_model", "register_converter", "get_entry", "list_models",
+           "describe_models", "convert_official"]
 
 Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """One shipped weights file and what is known of it, measured.
+
+    Attributes:
+        file: the file name under ``refsr/weights/`` (package data).
+        sha256: the file's SHA-256, checked when the weights are loaded.
+        parameters: the model's parameter count (the file holds exactly these).
+        scale: the upscaling factor the weights were trained for.
+        degradation: how the training LR was made from HR: ``"bicubic"`` (PIL bicubic, as the official
+            repositories and the open benchmark do).
+        recipe: the training configs, in order (a later one starts from the earlier one's weights).
+        hardware: what each stage ran on.
+        training_time: wall time of each stage.
+        training_data: what the model saw (never the eval split).
+        protocol: the metric protocol of ``scores`` (:mod:`refsr.metrics`).
+        eval_command: the command that measured ``scores``.
+        scores: ``{group: (PSNR dB, SSIM)}`` on the open benchmark's eval split, ×``scale``: ``"all"``, each
+            pair kind (``"video"``, ``"stereo"``...) and each video frame gap (``"gap 1"``...), rounded as the
+            eval table prints them (2 and 3 decimals).
+        pairs: the number of eval pairs behind ``scores["all"]``.
+    """
+
+    file: str
+    sha256: str
+    parameters: int
+    scale: int
+    degradation: str
+    recipe: tuple[str, ...]
+    hardware: str
+    training_time: str
+    training_data: str
+    protocol: str
+    eval_command: str
+    scores: Mapping[str, tuple[float, float]]
+    pairs: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able copy (tuples as lists)."""
+        out = dataclasses.asdict(self)
+        out["recipe"] = list(self.recipe)
+        out["scores"] = {k: list(v) for k, v in self.scores.items()}
+        return out
 
 
 @dataclass
@@ -27,6 +80,10 @@ class ModelEntry:
     name: str
     builder: Callable[..., torch.nn.Module]
     doc: str = ""
+    # The paper the architecture comes from, short: "MASA-SR (CVPR 2021)".
+    paper: str = ""
+    # The weights that ship in the package for this name (``weights="default"``), if any.
+    weights: WeightsInfo | None = None
     # Filled in by ``register_converter``: maps an official state_dict onto this model's layout.
     converter: Converter | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
@@ -35,14 +92,23 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, tags: tuple[str, ...] = ()) -> Callable:
-    """Register a keyword-only builder under ``name``. Registering a name twice is an error."""
+def register_model(name: str, *, paper: str = "", weights: WeightsInfo | None = None,
+                   tags: tuple[str, ...] = ()) -> Callable:
+    """Register a keyword-only builder under ``name``. Registering a name twice is an error.
+
+    Args:
+        name: the model name users pass to :func:`refsr.create_model`.
+        paper: the paper of the architecture, short (``"MASA-SR (CVPR 2021)"``).
+        weights: the record of the weights shipped for this name, if any.
+        tags: free-form labels.
+    """
 
     def decorator(builder: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"model {name!r} is registered twice")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = ModelEntry(name=name, builder=builder, doc=doc[0] if doc else "", tags=tags)
+        _REGISTRY[name] = ModelEntry(name=name, builder=builder, doc=doc[0] if doc else "", paper=paper,
+                                     weights=weights, tags=tags)
         return builder
 
     return decorator
@@ -70,12 +136,40 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """The registered model names, sorted; ``pattern`` is a shell-style filter such as ``"ssen*"``."""
-    import fnmatch
+def list_models(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:
+    """The registered model names, sorted.
 
+    Args:
+        pattern: a shell-style filter such as ``"ssen*"``.
+        pretrained: only the names that ship trained weights (``weights="default"``).
+    """
     names = sorted(_REGISTRY)
-    return [n for n in names if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in names if (pattern is None or fnmatch.fnmatchcase(n, pattern))
+            and (not pretrained or _REGISTRY[n].weights is not None)]
+
+
+def describe_models(pattern: str | None = None) -> list[dict[str, Any]]:
+    """One summary per registered model (``refsr models``): name, paper, parameters, scale, whether weights
+    ship, and those weights' record (open-eval scores included).
+
+    Models are built with their default options on the meta device, which allocates and initialises nothing.
+    """
+    rows = []
+    for name in list_models(pattern):
+        entry = _REGISTRY[name]
+        with torch.device("meta"):
+            model = entry.builder()
+        rows.append({
+            "name": name,
+            "paper": entry.paper,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "scale": int(model.scale),
+            "uses_ref": bool(getattr(model, "uses_ref", True)),
+            "pretrained": entry.weights is not None,
+            "weights": entry.weights.as_dict() if entry.weights is not None else None,
+            "summary": entry.doc,
+        })
+    return rows
 
 
 def convert_official(name: str, state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:

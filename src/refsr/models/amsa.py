@@ -750,7 +750,7 @@ class AMSA(RefSRModel):
 # Builders
 
 
-@register_model("amsa")
+@register_model("amsa", paper="AMSA (AAAI 2022)")
 def amsa(
     *,
     ngf: int = 64,
@@ -777,7 +777,7 @@ def amsa(
     )
 
 
-@register_model("amsa-lite")
+@register_model("amsa-lite", paper="AMSA (AAAI 2022)")
 def amsa_lite(
     *,
     ngf: int = 32,

@@ -47,7 +47,7 @@ class BicubicUpsampler(RefSRModel):
         return f"scale={self.scale}, kernel={self.kernel!r}, quantize={self.quantize}"
 
 
-@register_model("bicubic")
+@register_model("bicubic", paper="PIL bicubic (the baseline)")
 def bicubic(*, scale: int = 4, kernel: str = "pil", quantize: bool = True) -> BicubicUpsampler:
     """Bicubic upsampling (PIL-exact), the baseline row of every RefSR table."""
     return BicubicUpsampler(scale=scale, kernel=kernel, quantize=quantize)

@@ -82,7 +82,7 @@ from refsr.matching.correspondence import Correspondence
 from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_converter, register_model
+from refsr.models._registry import WeightsInfo, register_converter, register_model
 from refsr.models._size import SizeRule
 
 __all__ = [
@@ -691,7 +691,7 @@ class MASA(RefSRModel):
         return ", ".join(f"{key}={value}" for key, value in self.config.items())
 
 
-@register_model("masa")
+@register_model("masa", paper="MASA-SR (CVPR 2021)")
 def masa(
     *,
     nf: int = 64,
@@ -714,7 +714,31 @@ def masa(
     )
 
 
-@register_model("masa-lite")
+#: The default model's weights (``refsr/weights/masa-lite.safetensors``); MODEL_CARD.md tells the whole story.
+MASA_LITE_WEIGHTS = WeightsInfo(
+    file="masa-lite.safetensors",
+    sha256="eef58c2af64e3ff17fcd0481e348cc2ba9cffb6399536fda1399b6f10b0339f0",
+    parameters=621_187,
+    scale=4,
+    degradation="bicubic",
+    recipe=("configs/default.yaml",),
+    hardware="one CPU thread of a 2-core machine",
+    training_time="93 min",
+    training_data="open benchmark, training split only: 153 photos with synthetic references (weight 0.7) and "
+                  "68 CGI video frame pairs (0.3)",
+    protocol="masa",
+    eval_command="refsr eval --dataset open --baselines --breakdown kind,gap",
+    scores={
+        "all": (30.48, 0.866), "video": (30.92, 0.874), "stereo_calib": (24.89, 0.841),
+        "landmark": (27.04, 0.776), "multiview": (27.26, 0.767), "stereo": (28.06, 0.769),
+        "thumbnail": (24.39, 0.711), "flow": (35.22, 0.911),
+        "gap 1": (31.04, 0.875), "gap 4": (30.94, 0.874), "gap 8": (30.96, 0.874), "gap 16": (30.73, 0.871),
+    },
+    pairs=356,
+)
+
+
+@register_model("masa-lite", paper="MASA-SR (CVPR 2021)", weights=MASA_LITE_WEIGHTS)
 def masa_lite(
     *,
     nf: int = 32,

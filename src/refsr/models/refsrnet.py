@@ -594,7 +594,7 @@ def _load_parts(model: RefSRNet, ccnet_weights: str | None, sisr_weights: str | 
     return model
 
 
-@register_model("refsrnet")
+@register_model("refsrnet", paper="RefSR-Net (BMVC 2017)")
 def refsrnet(
     *,
     ccnet_channels: Sequence[int] = CCNET_CHANNELS,
@@ -633,7 +633,7 @@ def refsrnet(
     return _load_parts(model, ccnet_weights, sisr_weights)
 
 
-@register_model("refsrnet-lite")
+@register_model("refsrnet-lite", paper="RefSR-Net (BMVC 2017)")
 def refsrnet_lite(
     *,
     ccnet_channels: Sequence[int] = (8, 16, 32, 32, 32, 64),
@@ -669,7 +669,7 @@ def refsrnet_lite(
     return _load_parts(model, ccnet_weights, sisr_weights)
 
 
-@register_model("srresnet-x8")
+@register_model("srresnet-x8", paper="SRResNet (CVPR 2017), RefSR-Net's trunk")
 def srresnet_x8(*, nf: int = 64, blocks: int = 16, scale: int = SCALE) -> SRResNetNN:
     """SRResNet + NN (nearest-neighbour upsampling), x8: RefSR-Net's LR feature module, pre-trained as SISR."""
     return SRResNetNN(nf=nf, blocks=blocks, scale=scale)

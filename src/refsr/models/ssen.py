@@ -612,7 +612,7 @@ class SSENSelf(RefSRModel):
 # ------------------------------------------------------------------------------------------- builders
 
 
-@register_model("ssen")
+@register_model("ssen", paper="SSEN (CVPR 2020)")
 def ssen(
     *,
     nf: int = 64,
@@ -628,7 +628,7 @@ def ssen(
                    estimator_channels=estimator_channels, use_reference=True)
 
 
-@register_model("ssen-lite")
+@register_model("ssen-lite", paper="SSEN (CVPR 2020)")
 def ssen_lite(
     *,
     nf: int = 32,
@@ -644,19 +644,19 @@ def ssen_lite(
                    estimator_channels=estimator_channels, use_reference=True)
 
 
-@register_model("ssen-baseline")
+@register_model("ssen-baseline", paper="SSEN (CVPR 2020), its baseline")
 def ssen_baseline(*, nf: int = 64, extractor_blocks: int = 8, recon_blocks: int = 8) -> SSENNet:
     """The EDSR-style baseline of SSEN's RefSR framework, without reference (single-image), x4."""
     return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
 
 
-@register_model("ssen-baseline-lite")
+@register_model("ssen-baseline-lite", paper="SSEN (CVPR 2020), its baseline")
 def ssen_baseline_lite(*, nf: int = 32, extractor_blocks: int = 3, recon_blocks: int = 5) -> SSENNet:
     """ssen-lite without the reference branch: the single-image baseline to compare ssen-lite with."""
     return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
 
 
-@register_model("ssen-self")
+@register_model("ssen-self", paper="SSEN (CVPR 2020)")
 def ssen_self(
     *,
     nf: int = 64,
@@ -673,7 +673,7 @@ def ssen_self(
                     estimator_channels=estimator_channels, use_ssen=True)
 
 
-@register_model("ssen-self-lite")
+@register_model("ssen-self-lite", paper="SSEN (CVPR 2020)")
 def ssen_self_lite(
     *,
     nf: int = 32,
@@ -690,13 +690,13 @@ def ssen_self_lite(
                     estimator_channels=estimator_channels, use_ssen=True)
 
 
-@register_model("rcan")
+@register_model("rcan", paper="RCAN (ECCV 2018)")
 def rcan(*, nf: int = 64, n_groups: int = 10, n_blocks: int = 20, reduction: int = 16) -> SSENSelf:
     """RCAN (ECCV 2018), x4, single-image: the baseline of ssen-self."""
     return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
 
 
-@register_model("rcan-lite")
+@register_model("rcan-lite", paper="RCAN (ECCV 2018)")
 def rcan_lite(*, nf: int = 32, n_groups: int = 4, n_blocks: int = 4, reduction: int = 8) -> SSENSelf:
     """ssen-self-lite without SSEN: the RCAN baseline to compare ssen-self-lite with."""
     return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
