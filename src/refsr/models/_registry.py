@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,7 +25,7 @@ import torch
 from refsr.errors import RefsrError
 
 __all__ = ["ModelEntry", "WeightsInfo", "register_model", "register_converter", "get_entry", "list_models",
-           "describe_models", "convert_official"]
+           "describe_models", "model_options", "check_options", "build_variant", "convert_official"]
 
 Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -122,6 +124,53 @@ def register_converter(name: str) -> Callable[[Converter], Converter]:
         return fn
 
     return decorator
+
+
+def model_options(name: str) -> list[str]:
+    """The keyword options :func:`refsr.create_model` accepts for ``name``.
+
+    A builder's own keyword-only parameters, plus, for a timm-style ``def variant(*, ..., **kwargs) -> Cls``
+    builder (see :func:`build_variant`), the keyword parameters of the class its return annotation names.
+    """
+    builder = get_entry(name).builder
+    params = inspect.signature(builder).parameters
+    own = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return own
+    cls = typing.get_type_hints(builder).get("return")
+    if not isinstance(cls, type):
+        raise TypeError(f"the builder of {name!r} takes **kwargs, so its return annotation must name the class")
+    return own + [n for n in _class_options(cls) if n not in own]
+
+
+def _class_options(cls: type) -> list[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return [n for n, p in params.items()
+            if n != "self" and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def check_options(name: str, overrides: Mapping[str, Any]) -> None:
+    """Raise :class:`RefsrError` for an override that model ``name`` has no option for, listing its options."""
+    options = model_options(name)
+    unknown = [k for k in overrides if k not in options]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], options, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RefsrError(f"model {name!r} has no option {', '.join(map(repr, unknown))}{hint} (its options: "
+                         f"{', '.join(options) or 'none'})")
+
+
+M = typing.TypeVar("M", bound=torch.nn.Module)
+
+
+def build_variant(cls: type[M], name: str, model_args: Mapping[str, Any], overrides: Mapping[str, Any]) -> M:
+    """timm's ``_create(variant, **dict(model_args, **kwargs))``: build ``cls`` with the variant's arguments,
+    each overridable, after checking every override against the class's options (a misspelt option is an
+    error naming the options, never silently ignored)."""
+    unknown = [k for k in overrides if k not in _class_options(cls)]
+    if unknown:
+        check_options(name, {k: overrides[k] for k in unknown})
+    return cls(**dict(model_args, **overrides))
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -93,11 +93,11 @@ from refsr.errors import RefsrError
 from refsr.imresize import imresize
 from refsr.matching.patchmatch import DEFAULT_PROXY_DIM, match_patchmatch, resolve_schedule
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_converter, register_model
+from refsr.models._registry import build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
 from refsr.models.masa import ResBlock  # the same block as MASA's (and the official AMSA's): conv-ReLU-conv + x
 from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
-from refsr.models.vgg import VGG19Features
+from refsr.models.vgg import VGG19Features, load_vgg19_weights
 from refsr.ops import deform_conv2d
 
 __all__ = [
@@ -469,9 +469,6 @@ class AMSA(RefSRModel):
         propagation: PatchMatch propagation, ``"index"`` (official) or ``"offset"``; default by mode.
         seed: seeds PatchMatch (same inputs and seed: same output).
         proxy_dim, polish: PatchMatch's candidate-ranking options (:func:`match_patchmatch`).
-        extractor_weights: C2-Matching's ``feature_extraction.pth`` (or a converted file) for the
-            contrastive extractor; ``vgg_weights``: an ImageNet VGG19 file (torchvision's
-            ``vgg19-dcbb9e9d.pth`` or refsr's layout) for the textures. Both stay random when ``None``.
         decode_pixels: the decoder runs on chunks of (sample, scale) pairs holding at most this many HR
             pixels together (at least one pair), which bounds the DCNs' im2col memory.
     """
@@ -493,8 +490,6 @@ class AMSA(RefSRModel):
         seed: int = 0,
         proxy_dim: int | None = DEFAULT_PROXY_DIM,
         polish: int = 1,
-        extractor_weights: WeightsArg = None,
-        vgg_weights: WeightsArg = None,
         decode_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
@@ -526,13 +521,9 @@ class AMSA(RefSRModel):
             seed=seed,
         )
 
-        # Config files write paths with "~" (``~/data/feature_extraction.pth``).
-        extractor_weights, vgg_weights = (
-            os.path.expanduser(w) if isinstance(w, (str, os.PathLike)) else w
-            for w in (extractor_weights, vgg_weights)
-        )
-        self.correspondence_extractor = ContrastiveExtractor(weights=extractor_weights, trainable=False)
-        self.texture_extractor = VGG19Features(("relu1_1", "relu2_1", "relu3_1"), weights=vgg_weights)
+        # Random until loaded: the builders' extractor_weights / vgg_weights (load_frozen_parts).
+        self.correspondence_extractor = ContrastiveExtractor(trainable=False)
+        self.texture_extractor = VGG19Features(("relu1_1", "relu2_1", "relu3_1"))
         self.restoration = RestorationNet(ngf, n_blocks, groups)
 
     def train(self, mode: bool = True) -> "AMSA":
@@ -750,58 +741,34 @@ class AMSA(RefSRModel):
 # Builders
 
 
+def load_frozen_parts(model: AMSA, extractor_weights: WeightsArg, vgg_weights: WeightsArg) -> AMSA:
+    """Load AMSA's frozen extractors: C2-Matching's ``feature_extraction.pth`` (or a converted file) into the
+    contrastive extractor, an ImageNet VGG19 (torchvision's ``vgg19-dcbb9e9d.pth`` or refsr's layout) into the
+    texture extractor. Either stays as it is when ``None``. Paths may start with ``~`` (config files)."""
+    if extractor_weights is not None:
+        source = os.path.expanduser(extractor_weights) if isinstance(extractor_weights, (str, os.PathLike)) \
+            else extractor_weights
+        model.correspondence_extractor.load_weights(source)
+    if vgg_weights is not None:
+        source = os.path.expanduser(vgg_weights) if isinstance(vgg_weights, (str, os.PathLike)) else vgg_weights
+        load_vgg19_weights(model.texture_extractor, source)
+    return model
+
+
 @register_model("amsa", paper="AMSA (AAAI 2022)")
-def amsa(
-    *,
-    ngf: int = 64,
-    n_blocks: int = 16,
-    groups: int = 8,
-    mode: str = "fixed",
-    num_ref_scales: int = 5,
-    ref_scale_factor: float = 0.8,
-    schedule: str | Sequence[int] | None = None,
-    propagation: str | None = None,
-    seed: int = 0,
-    proxy_dim: int | None = DEFAULT_PROXY_DIM,
-    polish: int = 1,
-    extractor_weights: WeightsArg = None,
-    vgg_weights: WeightsArg = None,
-    decode_pixels: int = 1 << 18,
-) -> AMSA:
-    """AMSA (AAAI 2022), x4: official architecture (restoration net 9,676,454 params), mode fixed/official."""
-    return AMSA(
-        ngf=ngf, n_blocks=n_blocks, groups=groups, mode=mode, num_ref_scales=num_ref_scales,
-        ref_scale_factor=ref_scale_factor, schedule=schedule, propagation=propagation, seed=seed,
-        proxy_dim=proxy_dim, polish=polish, extractor_weights=extractor_weights, vgg_weights=vgg_weights,
-        decode_pixels=decode_pixels,
-    )
+def amsa(*, extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None, **kwargs: Any) -> AMSA:
+    """AMSA (AAAI 2022), x4: official architecture (restoration net 9,676,454 params), mode fixed/official.
+
+    ``extractor_weights`` / ``vgg_weights`` load the frozen extractors (:func:`load_frozen_parts`).
+    """
+    return load_frozen_parts(build_variant(AMSA, "amsa", {}, kwargs), extractor_weights, vgg_weights)
 
 
 @register_model("amsa-lite", paper="AMSA (AAAI 2022)")
-def amsa_lite(
-    *,
-    ngf: int = 32,
-    n_blocks: int = 4,
-    groups: int = 4,
-    mode: str = "fixed",
-    num_ref_scales: int = 3,
-    ref_scale_factor: float = 0.8,
-    schedule: str | Sequence[int] | None = None,
-    propagation: str | None = None,
-    seed: int = 0,
-    proxy_dim: int | None = DEFAULT_PROXY_DIM,
-    polish: int = 1,
-    extractor_weights: WeightsArg = None,
-    vgg_weights: WeightsArg = None,
-    decode_pixels: int = 1 << 18,
-) -> AMSA:
+def amsa_lite(*, extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None, **kwargs: Any) -> AMSA:
     """AMSA sized for CPU training: 32 channels, 4 ResBlocks per stage, 4 DCN groups, 3 reference scales."""
-    return AMSA(
-        ngf=ngf, n_blocks=n_blocks, groups=groups, mode=mode, num_ref_scales=num_ref_scales,
-        ref_scale_factor=ref_scale_factor, schedule=schedule, propagation=propagation, seed=seed,
-        proxy_dim=proxy_dim, polish=polish, extractor_weights=extractor_weights, vgg_weights=vgg_weights,
-        decode_pixels=decode_pixels,
-    )
+    model_args = dict(ngf=32, n_blocks=4, groups=4, num_ref_scales=3)
+    return load_frozen_parts(build_variant(AMSA, "amsa-lite", model_args, kwargs), extractor_weights, vgg_weights)
 
 
 # ---------------------------------------------------------------------------------------------------------

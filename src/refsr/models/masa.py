@@ -82,7 +82,7 @@ from refsr.matching.correspondence import Correspondence
 from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
-from refsr.models._registry import WeightsInfo, register_converter, register_model
+from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
 
 __all__ = [
@@ -692,26 +692,9 @@ class MASA(RefSRModel):
 
 
 @register_model("masa", paper="MASA-SR (CVPR 2021)")
-def masa(
-    *,
-    nf: int = 64,
-    encoder_blocks: Sequence[int] = (4, 4, 4),
-    unet_blocks: Sequence[int] = (2, 2, 2),
-    fusion_blocks: Sequence[int] = (12, 8, 4),
-    lr_block_size: int = 8,
-    ref_block_factor: float = 1.5,
-    dilations: Sequence[int] = (1, 2, 3),
-    use_sam: bool = True,
-    sam_learnable: bool = True,
-    dram_ref_branch: bool = True,
-    dram_lr_branch: bool = True,
-) -> MASA:
+def masa(**kwargs: Any) -> MASA:
     """MASA-SR (CVPR 2021), x4; official architecture and initialisation (4,028,291 parameters)."""
-    return MASA(
-        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
-        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
-        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
-    )
+    return build_variant(MASA, "masa", {}, kwargs)
 
 
 #: The default model's weights (``refsr/weights/masa-lite.safetensors``); MODEL_CARD.md tells the whole story.
@@ -739,26 +722,10 @@ MASA_LITE_WEIGHTS = WeightsInfo(
 
 
 @register_model("masa-lite", paper="MASA-SR (CVPR 2021)", weights=MASA_LITE_WEIGHTS)
-def masa_lite(
-    *,
-    nf: int = 32,
-    encoder_blocks: Sequence[int] = (2, 2, 2),
-    unet_blocks: Sequence[int] = (1, 1, 1),
-    fusion_blocks: Sequence[int] = (6, 4, 2),
-    lr_block_size: int = 8,
-    ref_block_factor: float = 1.5,
-    dilations: Sequence[int] = (1, 2, 3),
-    use_sam: bool = True,
-    sam_learnable: bool = True,
-    dram_ref_branch: bool = True,
-    dram_lr_branch: bool = True,
-) -> MASA:
+def masa_lite(**kwargs: Any) -> MASA:
     """MASA-SR with 32 channels and about half the ResBlocks, sized for training on a CPU."""
-    return MASA(
-        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
-        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
-        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
-    )
+    model_args = dict(nf=32, encoder_blocks=(2, 2, 2), unet_blocks=(1, 1, 1), fusion_blocks=(6, 4, 2))
+    return build_variant(MASA, "masa-lite", model_args, kwargs)
 
 
 # ---------------------------------------------------------------------- official checkpoints

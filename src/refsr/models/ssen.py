@@ -91,7 +91,7 @@ from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_model
+from refsr.models._registry import build_variant, register_model
 from refsr.models._size import SizeRule
 from refsr.models.masa import ResBlock
 from refsr.ops import DeformConv2d
@@ -611,92 +611,54 @@ class SSENSelf(RefSRModel):
 
 # ------------------------------------------------------------------------------------------- builders
 
+# The lite sizes (each lite model and its baseline share them, so the pair compares like with like).
+_SSEN_LITE = dict(nf=32, extractor_blocks=3, recon_blocks=5)
+_SSEN_SELF_LITE = dict(nf=32, n_groups=4, n_blocks=4, reduction=8)
+
 
 @register_model("ssen", paper="SSEN (CVPR 2020)")
-def ssen(
-    *,
-    nf: int = 64,
-    extractor_blocks: int = 8,
-    recon_blocks: int = 8,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENNet:
+def ssen(**kwargs: Any) -> SSENNet:
     """SSEN (CVPR 2020) RefSR framework, x4: EDSR-style net, 3 stacked DCNs, non-local offset estimators."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks,
-                   num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                   estimator_channels=estimator_channels, use_reference=True)
+    return build_variant(SSENNet, "ssen", {}, kwargs)
 
 
 @register_model("ssen-lite", paper="SSEN (CVPR 2020)")
-def ssen_lite(
-    *,
-    nf: int = 32,
-    extractor_blocks: int = 3,
-    recon_blocks: int = 5,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENNet:
+def ssen_lite(**kwargs: Any) -> SSENNet:
     """SSEN with 32 channels and 3 + 5 residual blocks, sized for training on a CPU."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks,
-                   num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                   estimator_channels=estimator_channels, use_reference=True)
+    return build_variant(SSENNet, "ssen-lite", _SSEN_LITE, kwargs)
 
 
 @register_model("ssen-baseline", paper="SSEN (CVPR 2020), its baseline")
-def ssen_baseline(*, nf: int = 64, extractor_blocks: int = 8, recon_blocks: int = 8) -> SSENNet:
+def ssen_baseline(**kwargs: Any) -> SSENNet:
     """The EDSR-style baseline of SSEN's RefSR framework, without reference (single-image), x4."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
+    return build_variant(SSENNet, "ssen-baseline", dict(use_reference=False), kwargs)
 
 
 @register_model("ssen-baseline-lite", paper="SSEN (CVPR 2020), its baseline")
-def ssen_baseline_lite(*, nf: int = 32, extractor_blocks: int = 3, recon_blocks: int = 5) -> SSENNet:
+def ssen_baseline_lite(**kwargs: Any) -> SSENNet:
     """ssen-lite without the reference branch: the single-image baseline to compare ssen-lite with."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
+    return build_variant(SSENNet, "ssen-baseline-lite", dict(_SSEN_LITE, use_reference=False), kwargs)
 
 
 @register_model("ssen-self", paper="SSEN (CVPR 2020)")
-def ssen_self(
-    *,
-    nf: int = 64,
-    n_groups: int = 10,
-    n_blocks: int = 20,
-    reduction: int = 16,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENSelf:
+def ssen_self(**kwargs: Any) -> SSENSelf:
     """SSEN self-similarity SR (CVPR 2020), x4: RCAN with SSEN on the LR's own features; no reference."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction,
-                    num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                    estimator_channels=estimator_channels, use_ssen=True)
+    return build_variant(SSENSelf, "ssen-self", {}, kwargs)
 
 
 @register_model("ssen-self-lite", paper="SSEN (CVPR 2020)")
-def ssen_self_lite(
-    *,
-    nf: int = 32,
-    n_groups: int = 4,
-    n_blocks: int = 4,
-    reduction: int = 8,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENSelf:
+def ssen_self_lite(**kwargs: Any) -> SSENSelf:
     """ssen-self with 32 channels and 4 groups of 4 RCABs, sized for training on a CPU."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction,
-                    num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                    estimator_channels=estimator_channels, use_ssen=True)
+    return build_variant(SSENSelf, "ssen-self-lite", _SSEN_SELF_LITE, kwargs)
 
 
 @register_model("rcan", paper="RCAN (ECCV 2018)")
-def rcan(*, nf: int = 64, n_groups: int = 10, n_blocks: int = 20, reduction: int = 16) -> SSENSelf:
+def rcan(**kwargs: Any) -> SSENSelf:
     """RCAN (ECCV 2018), x4, single-image: the baseline of ssen-self."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
+    return build_variant(SSENSelf, "rcan", dict(use_ssen=False), kwargs)
 
 
 @register_model("rcan-lite", paper="RCAN (ECCV 2018)")
-def rcan_lite(*, nf: int = 32, n_groups: int = 4, n_blocks: int = 4, reduction: int = 8) -> SSENSelf:
+def rcan_lite(**kwargs: Any) -> SSENSelf:
     """ssen-self-lite without SSEN: the RCAN baseline to compare ssen-self-lite with."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
+    return build_variant(SSENSelf, "rcan-lite", dict(_SSEN_SELF_LITE, use_ssen=False), kwargs)

@@ -761,10 +761,10 @@ def _check_model(cfg: Config) -> None:
         _check_options(builder, cfg.model.overrides, cfg.model.name)
         return
     try:
-        entry = _registry.get_entry(cfg.model.name)
+        options = _registry.model_options(cfg.model.name)
     except RefsrError as exc:
         raise RefsrError(f"model.name: {exc}") from None
-    _check_options(entry.builder, cfg.model.overrides, cfg.model.name)
+    _check_option_names(options, cfg.model.overrides, cfg.model.name)
 
 
 def _check_options(builder: Any, overrides: Mapping[str, Any], name: str) -> None:
@@ -775,6 +775,10 @@ def _check_options(builder: Any, overrides: Mapping[str, Any], name: str) -> Non
     params.pop("self", None)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
+    _check_option_names(list(params), overrides, name)
+
+
+def _check_option_names(params: list[str], overrides: Mapping[str, Any], name: str) -> None:
     for key in overrides:
         if key not in params:
             raise RefsrError(
