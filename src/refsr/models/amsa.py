@@ -95,7 +95,8 @@ from refsr.matching.patchmatch import DEFAULT_PROXY_DIM, match_patchmatch, resol
 from refsr.models._base import RefSRModel
 from refsr.models._registry import build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
-from refsr.models.masa import ResBlock  # the same block as MASA's (and the official AMSA's): conv-ReLU-conv + x
+from refsr.models._blocks import ResBlock, conv2d, lrelu
+from refsr.models._convert import KeyRenames
 from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
 from refsr.models.vgg import VGG19Features, load_vgg19_weights
 from refsr.ops import deform_conv2d
@@ -141,11 +142,7 @@ WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
     # In place is safe: every input here is a fresh conv / pixel-shuffle output whose backward does not
     # read its output.
-    return F.leaky_relu(x, 0.1, inplace=True)
-
-
-def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    return lrelu(x, inplace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,7 +157,7 @@ class ContentExtractor(nn.Module):
 
     def __init__(self, ngf: int, n_blocks: int) -> None:
         super().__init__()
-        self.conv_first = _conv(3, ngf)
+        self.conv_first = conv2d(3, ngf)
         self.body = nn.Sequential(*(ResBlock(ngf) for _ in range(n_blocks)))
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
@@ -179,7 +176,7 @@ class MatchWarp(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.empty(channels))
-        self.conv_offset_mask = _conv(channels, 9)
+        self.conv_offset_mask = conv2d(channels, 9)
 
     def forward(self, feature: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         mask = torch.sigmoid(self.conv_offset_mask(feature))
@@ -205,7 +202,7 @@ class DynamicAggregation(nn.Module):
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.empty(channels))
-        self.conv_offset_mask = _conv(channels, groups * 27)
+        self.conv_offset_mask = conv2d(channels, groups * 27)
 
     def forward(self, feature: torch.Tensor, guide: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         predicted = self.conv_offset_mask(guide)
@@ -224,14 +221,14 @@ class _AggregationLevel(nn.Module):
     def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool) -> None:
         super().__init__()
         self.prewarp = MatchWarp(texture_channels)
-        self.offset_conv1 = _conv(ngf + texture_channels, texture_channels)
-        self.offset_conv2 = _conv(texture_channels, texture_channels)
+        self.offset_conv1 = conv2d(ngf + texture_channels, texture_channels)
+        self.offset_conv2 = conv2d(texture_channels, texture_channels)
         self.aggregate = DynamicAggregation(texture_channels, groups)
-        self.head = _conv(ngf + texture_channels, ngf)
+        self.head = conv2d(ngf + texture_channels, ngf)
         self.body = nn.Sequential(*(ResBlock(ngf) for _ in range(n_blocks)))
         self.upsample = upsample
         if upsample:
-            self.tail = _conv(ngf, 4 * ngf)
+            self.tail = conv2d(ngf, 4 * ngf)
 
     def forward(self, x: torch.Tensor, texture: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``x (M,ngf,H,W)``, ``texture (M,C,H,W)``, ``offsets (M,18,H,W)`` -> ``(M,ngf,2H,2W)`` or
@@ -266,8 +263,8 @@ class RestorationNet(nn.Module):
         self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True)
         self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True)
         self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False)
-        self.out_conv1 = _conv(ngf, ngf // 2)
-        self.out_conv2 = _conv(ngf // 2, 3)
+        self.out_conv1 = conv2d(ngf, ngf // 2)
+        self.out_conv2 = conv2d(ngf // 2, 3)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -807,26 +804,8 @@ def _renames() -> tuple[tuple[str, str], ...]:
     return tuple(table)
 
 
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name in "ab":
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern + r"(?P<kind>weight|bias)$")
-
-
-_RENAMES = _renames()
-_TO_OURS = tuple((_compile(official), ours) for official, ours in _RENAMES)
-_TO_OFFICIAL = tuple((_compile(ours), official) for official, ours in _RENAMES)
+_RENAMES = KeyRenames(_renames())
 _EXTRACTOR_PREFIX = "correspondence_extractor."
-
-
-def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in table:
-        found = pattern.match(key)
-        if found:
-            groups = found.groupdict()
-            return template.format(**groups) + groups["kind"]
-    return None
 
 
 def official_key(our_key: str) -> str:
@@ -834,10 +813,7 @@ def official_key(our_key: str) -> str:
     (``restoration.relu3.prewarp.weight`` -> ``dyn_agg_restore.small_deform_conv.weight``).
     Raises ``KeyError`` for keys with no counterpart (the extractor's: see
     :mod:`refsr.models.contrastive_extractor`)."""
-    official = _rename(our_key, _TO_OFFICIAL)
-    if official is None:
-        raise KeyError(our_key)
-    return official
+    return _RENAMES.official_key(our_key)
 
 
 #: Official net_map buffers (constants; dropped on conversion).
@@ -934,7 +910,7 @@ def convert_official_amsa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             parts = [f"{what}: {_listing(found)}" for what, found in problems if found]
             raise RefsrError(f"official AMSA {part}: " + "; ".join(parts))
         for key, value in keys.items():
-            ours = _rename(key, _TO_OURS)
+            ours = _RENAMES.to_ours(key)
             if ours is not None:  # None: a net_map buffer, dropped
                 converted[ours] = value
     if extractor:

@@ -82,6 +82,8 @@ from refsr.matching.correspondence import Correspondence
 from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
+from refsr.models._blocks import ResBlock, conv2d
+from refsr.models._convert import KeyRenames
 from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
 
@@ -107,29 +109,12 @@ _SCALE = 4
 _INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm2d's default, which the official SAM uses
 
 
-def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-
-
-class ResBlock(nn.Module):
-    """``x + conv2(ReLU(conv1(x)))``, 3x3 convolutions with bias, no normalisation and no residual scale."""
-
-    def __init__(self, nf: int) -> None:
-        super().__init__()
-        self.conv1 = _conv(nf, nf)
-        self.conv2 = _conv(nf, nf)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In-place ReLU and add are safe for autograd: neither convolution needs its output for backward.
-        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
-
-
 class _Level(nn.Module):
     """A conv (optionally strided) + ReLU, then ``blocks`` ResBlocks: one encoder or U-Net level."""
 
     def __init__(self, in_channels: int, nf: int, blocks: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = _conv(in_channels, nf, stride)
+        self.conv = conv2d(in_channels, nf, stride=stride)
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,9 +203,9 @@ class SAM(nn.Module):
         super().__init__()
         self.learnable = learnable
         if learnable:
-            self.shared = _conv(2 * nf, nf)
-            self.gamma = _conv(nf, nf)
-            self.beta = _conv(nf, nf)
+            self.shared = conv2d(2 * nf, nf)
+            self.gamma = conv2d(nf, nf)
+            self.beta = conv2d(nf, nf)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """``lr (N,C,H,W)`` LR features at the Ref's resolution, ``ref (N,C,H,W)`` -> ``(N,C,H,W)``."""
@@ -258,12 +243,12 @@ class DRAM(nn.Module):
         self.ref_branch = ref_branch
         self.lr_branch = lr_branch
         if ref_branch:
-            self.ref_branch_down = _conv(nf, nf, stride=2)
+            self.ref_branch_down = conv2d(nf, nf, stride=2)
             self.ref_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
         if lr_branch:
-            self.lr_branch_down = _conv(nf, nf, stride=2)
+            self.lr_branch_down = conv2d(nf, nf, stride=2)
             self.lr_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
-        self.merge = _conv(2 * nf, nf)
+        self.merge = conv2d(2 * nf, nf)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
         """``lr (N,C,h,w)``, ``ref (N,C,2h,2w)`` -> ``(N,C,2h,2w)``.
@@ -294,7 +279,7 @@ class _Fusion(nn.Module):
     def __init__(self, nf: int, blocks: int, *, dram: DRAM | None = None) -> None:
         super().__init__()
         if dram is None:
-            self.merge = _conv(2 * nf, nf)
+            self.merge = conv2d(2 * nf, nf)
         else:
             self.dram = dram
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
@@ -425,7 +410,7 @@ class MASA(RefSRModel):
                                                                lr_branch=dram_lr_branch))
         self.fuse_x4 = _Fusion(nf, fusion_blocks[2], dram=DRAM(nf, ref_branch=dram_ref_branch,
                                                                lr_branch=dram_lr_branch))
-        self.conv_out = _conv(nf, 3)
+        self.conv_out = conv2d(nf, 3)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -732,7 +717,7 @@ def masa_lite(**kwargs: Any) -> MASA:
 
 # (official prefix, our prefix) of every parameter; ``{a}``, ``{b}`` and ``{c}`` stand for a level, scale,
 # block or conv number carried over from one name to the other.
-_RENAMES: tuple[tuple[str, str], ...] = (
+_RENAMES = KeyRenames((
     ("enc.conv_L{a}.", "encoder.level{a}.conv."),
     ("enc.blk_L{a}.{b}.conv{c}.", "encoder.level{a}.blocks.{b}.conv{c}."),
     ("decoder.conv_L{a}.", "lr_decoder.level{a}.conv."),
@@ -748,37 +733,13 @@ _RENAMES: tuple[tuple[str, str], ...] = (
     ("decoder.pAda.conv_shared.0.", "sam.shared."),
     ("decoder.pAda.conv_gamma.", "sam.gamma."),
     ("decoder.pAda.conv_beta.", "sam.beta."),
-)
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    """A prefix template as a regex matching ``<prefix>weight`` or ``<prefix>bias``."""
-    pattern = re.escape(template)
-    for name in "abc":
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern + r"(?P<kind>weight|bias)$")
-
-
-_TO_OURS = tuple((_compile(official), ours) for official, ours in _RENAMES)
-_TO_OFFICIAL = tuple((_compile(ours), official) for official, ours in _RENAMES)
-
-
-def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in table:
-        found = pattern.match(key)
-        if found:
-            groups = found.groupdict()
-            return template.format(**groups) + groups["kind"]
-    return None
+))
 
 
 def official_key(our_key: str) -> str:
     """The official MASA state_dict key of one of our keys (``encoder.level1.conv.weight`` ->
     ``enc.conv_L1.weight``). Raises ``KeyError`` for keys with no official counterpart."""
-    official = _rename(our_key, _TO_OFFICIAL)
-    if official is None:
-        raise KeyError(our_key)
-    return official
+    return _RENAMES.official_key(our_key)
 
 
 _BGR_TO_RGB = [2, 1, 0]
@@ -826,7 +787,7 @@ def convert_official_masa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     converted: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():
-        ours = _rename(key, _TO_OURS)
+        ours = _RENAMES.to_ours(key)
         if ours is None or key not in expected or not isinstance(value, torch.Tensor):
             unexpected.append(key)
         else:
