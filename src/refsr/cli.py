@@ -67,7 +67,8 @@ def _upscale_jobs(lr: Path, output: Path, refs: list[Path], compare: Path | None
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from refsr.inference import parse_memory, resolve_device, resolve_model, upscale
+    from refsr.devices import resolve_device
+    from refsr.inference import parse_memory, resolve_model, upscale
     from refsr.io import read_image, write_image
 
     # Cheap checks first: a typo in an option should not wait for the model to load.

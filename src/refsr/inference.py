@@ -1,15 +1,14 @@
 """Running a model on one's own images: :func:`upscale`.
 
-This is the path users want most (see ``ecosystem.md``, part 1): any LR and reference size, no ground truth.
-It turns images into tensors, pads them to the model's :class:`~refsr.models.SizeRule`, runs the model (in
+This is the path users want most: any LR and reference size, no ground truth. It turns images into tensors, pads them to the model's :class:`~refsr.models.SizeRule`, runs the model (in
 overlapping tiles when the whole image would not fit the memory budget), crops the padding away and turns
 the result back into the caller's image type.
 
-Memory. Every model family has a :class:`MemoryCost`, a small table of bytes per pixel (declared as data in
-``MEMORY_COSTS`` and calibrated by ``benchmarks/upscale.py --calibrate`` from the peak RSS of a child
-process). :func:`predict_peak_memory` turns it into a predicted peak for given sizes and a tile side, and
-:func:`choose_tile` picks the largest tile whose prediction fits ``max_memory``. Models that can encode the
-reference once (``encode_reference``, e.g. MASA) do so before the first tile, so each tile pays only for
+Memory. Every model declares its :class:`~refsr.models.MemoryCost` (``model.memory_cost``), a small table of
+bytes per pixel calibrated by ``benchmarks/upscale.py --calibrate`` from the peak RSS of a child process.
+:func:`predict_peak_memory` turns it into a predicted peak for given sizes and a tile side, and
+:func:`choose_tile` picks the largest tile whose prediction fits ``max_memory``. Models that cache their
+reference (``caches_reference``, e.g. MASA) encode it once before the first tile, so each tile pays only for
 its LR side, the matching and the decoder.
 
 Tiles. Tiles start on the model's LR grid (multiples of ``size_rule.lr_multiple``), so MASA's 8x8 matching
@@ -25,11 +24,10 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -41,21 +39,18 @@ from refsr.errors import RefsrError
 from refsr.hub import create_model
 from refsr.imresize import imresize
 from refsr.io import _to_rgb8, read_image
-from refsr.models import DEFAULT_MODEL, get_entry, list_models
-from refsr.models._size import SizeRule, padded_size
+from refsr.devices import resolve_device
+from refsr.models import DEFAULT_MODEL, MemoryCost, RefSRModel, get_entry, list_models
+from refsr.models._base import pad_inputs
+from refsr.models._size import SizeRule, pad_to_rule, padded_size
 
 __all__ = [
     "upscale",
     "resolve_model",
-    "resolve_device",
     "image_to_tensor",
     "tensor_to_image",
-    "pad_to_rule",
     "stitch_references",
     "parse_memory",
-    "MemoryCost",
-    "MEMORY_COSTS",
-    "memory_cost",
     "predict_peak_memory",
     "choose_tile",
     "TilePlan",
@@ -134,33 +129,8 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return t[0].detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``, checked to be usable.
-
-    ``"auto"`` is CUDA if there is a GPU, else MPS if available, else the CPU.
-    """
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise RefsrError(f"unknown device {device!r} ({exc}); use cpu, cuda, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RefsrError("device 'cuda' was asked for, but no CUDA GPU is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RefsrError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs); use cuda:0")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RefsrError("device 'mps' was asked for, but Apple's MPS is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise RefsrError(f"unsupported device {device!r}; use cpu, cuda, mps or auto")
-    return dev
-
-
 def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None, *,
-                  random_weights: bool = False) -> torch.nn.Module:
+                  random_weights: bool = False) -> RefSRModel:
     """The model to run: a module as it is, or a registered name with its trained weights.
 
     A name means that model *with its shipped weights* (``"default"`` is the shipped default model), or with
@@ -169,6 +139,9 @@ def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | Non
     (e.g. to time it). Models without parameters (``bicubic``) need no weights.
     """
     if isinstance(model, torch.nn.Module):
+        if not isinstance(model, RefSRModel):
+            raise RefsrError(f"a {type(model).__name__} is not a refsr model: subclass refsr.models.RefSRModel, "
+                             "which declares scale, size_rule, uses_ref and the rest that upscale reads")
         return model
     name = DEFAULT_MODEL if model == "default" else model
     if weights is not None:
@@ -188,21 +161,6 @@ def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | Non
             )
         return net.eval()
     return create_model(name, weights="default")
-
-
-def pad_to_rule(x: torch.Tensor, multiple: int, minimum: int, mode: str, centre: bool) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``x (N,C,H,W)`` so both sides divide by ``multiple`` and are at least ``minimum``.
-
-    Returns the padded tensor and the ``(top, left)`` padding, so the caller can crop the output back.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
-    if ph == 0 and pw == 0:
-        return x, (0, 0)
-    top, left = (ph // 2, pw // 2) if centre else (0, 0)
-    # "replicate" and "constant" pad any amount; only "reflect" needs pad < size.
-    x = F.pad(x, (left, pw - left, top, ph - top), mode=mode)
-    return x, (top, left)
 
 
 def stitch_references(refs: Sequence[torch.Tensor], rule: SizeRule) -> torch.Tensor:
@@ -251,94 +209,8 @@ def _format_memory(size: float) -> str:
     return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
 
 
-@dataclass(frozen=True)
-class MemoryCost:
-    """A model family's peak memory, in bytes, as a sum of terms (see :func:`predict_peak_memory`).
-
-    Attributes:
-        fixed: the process with torch loaded and a tiny input run (interpreter, libraries, allocator).
-        per_parameter: per model parameter (the weights, float32).
-        per_image_pixel: per LR pixel of the whole (padded) image: the output canvas, the uint8 result and
-            the encoded file, which live for the whole run.
-        per_tile_pixel: per LR pixel of one tile: the model's working set for the LR side, the matching's
-            per-pixel buffers, the texture transfer and the decoder (the largest term).
-        per_ref_pixel: per reference pixel, the cached reference features kept for every tile.
-        per_ref_pixel_encoding: per reference pixel being encoded at once (the whole reference, or one strip
-            of it), the encoder's working set on top of the cached features.
-        per_match: per (tile LR pixel x Ref↓ pixel), for models whose matching is not chunked.
-        matching_workspace: a fixed working set of the matching (MEM's chunk budget).
-        context: LR pixels a tile discards at each inner edge (about the receptive field that matters).
-        ramp: LR pixels over which neighbouring tiles cross-fade.
-    """
-
-    fixed: int
-    per_parameter: float = 4.0
-    per_image_pixel: float = 0.0
-    per_tile_pixel: float = 0.0
-    per_ref_pixel: float = 0.0
-    per_ref_pixel_encoding: float = 0.0
-    per_match: float = 0.0
-    matching_workspace: int = 0
-    context: int = 16
-    ramp: int = 16
-
-
-#: Cost tables by model class name, calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
-#: (torch 2.13, 2 threads). For MASA the per-pixel terms were measured on ``masa-lite`` (nf = 32) and
-#: scale with ``nf / 32`` (every large map has nf channels); see :func:`memory_cost`. The margin
-#: ``MEMORY_MARGIN`` is applied on top.
-MEMORY_COSTS: dict[str, MemoryCost] = {
-    "MASA": MemoryCost(
-        fixed=300 * 2**20,
-        # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
-        per_image_pixel=320,
-        # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
-        # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
-        per_tile_pixel=22_000,
-        # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
-        per_ref_pixel=230,
-        # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
-        per_ref_pixel_encoding=700,
-        matching_workspace=256 * 2**20,
-        context=16,
-        ramp=16,
-    ),
-    "BicubicUpsampler": MemoryCost(
-        fixed=300 * 2**20,
-        per_image_pixel=320,
-        per_tile_pixel=16 * 3 * 4 * 4,
-        context=4,
-        ramp=4,
-    ),
-}
-
-#: For models with no entry: generous, so that the budget errs on the safe side.
-GENERIC_MEMORY_COST = MemoryCost(fixed=400 * 2**20, per_image_pixel=256, per_tile_pixel=40_000,
-                                 per_ref_pixel=600, per_ref_pixel_encoding=1200, per_match=8.0, context=32, ramp=16)
-
 #: Predictions are multiplied by this: the measured peaks vary by a few percent from run to run (allocator).
 MEMORY_MARGIN = 1.15
-
-
-def memory_cost(model: torch.nn.Module) -> MemoryCost:
-    """The :class:`MemoryCost` of ``model``: its own ``memory_cost`` attribute, ``MEMORY_COSTS``, or a generic one."""
-    own = getattr(model, "memory_cost", None)
-    if isinstance(own, MemoryCost):
-        return own
-    name = type(model).__name__
-    cost = MEMORY_COSTS.get(name)
-    if cost is None:
-        return GENERIC_MEMORY_COST
-    if name == "MASA":
-        width = float(getattr(model, "config", {}).get("nf", 32)) / 32
-        cost = replace(
-            cost,
-            per_tile_pixel=cost.per_tile_pixel * width,
-            per_ref_pixel=cost.per_ref_pixel * width,
-            per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
-            matching_workspace=int(getattr(model, "match_max_bytes", 256 * 2**20)),
-        )
-    return cost
 
 
 def _parameter_count(model: torch.nn.Module) -> int:
@@ -423,8 +295,8 @@ def choose_tile(
     Raises:
         RefsrError: when nothing fits; the message says what budget would.
     """
-    cost = memory_cost(model)
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    cost = model.memory_cost
+    rule = model.size_rule
     context, ramp, overlap = _overlap_for(cost, rule)
     parameters = _parameter_count(model)
     h, w = image_size
@@ -554,11 +426,11 @@ def _reference_tensors(ref: ImageLike | Sequence[ImageLike] | None, x: torch.Ten
     return [image_to_tensor(ref).to(device)]
 
 
-def _resolve_multi_ref(multi_ref: str, model: torch.nn.Module) -> str:
+def _resolve_multi_ref(multi_ref: str, model: RefSRModel) -> str:
     if multi_ref not in MULTI_REF_MODES:
         raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
     mode = AUTO_MULTI_REF if multi_ref == "auto" else multi_ref
-    if mode == "per-tile" and not hasattr(model, "encode_reference"):
+    if mode == "per-tile" and not model.caches_reference:
         # Choosing per tile needs the model's matching on its own; without it, stitch.
         return "stitch"
     return mode
@@ -614,27 +486,24 @@ def upscale(
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
     net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
-    scale = int(getattr(net, "scale", 4))
+    rule, scale = net.size_rule, net.scale
 
     x = image_to_tensor(lr).to(dev)
-    h, w = x.shape[-2:]
-    xp, (top, left) = pad_to_rule(x, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
-    del x
-
+    padded = pad_inputs(net, x)
     refs: list[torch.Tensor] = []
     mode = "stitch"
-    if getattr(net, "uses_ref", True):
-        refs = _reference_tensors(ref, xp[..., top : top + h, left : left + w], scale, dev)
+    if net.uses_ref:
+        refs = _reference_tensors(ref, x, scale, dev)
         mode = _resolve_multi_ref(multi_ref, net) if len(refs) > 1 else "stitch"
         if mode == "stitch" and len(refs) > 1:
             refs = [stitch_references(refs, rule)]
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
+    del x
+    xp = padded.lr
 
     ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in refs)
     ref_down_pixels = max((r.shape[-2] * r.shape[-1] for r in refs), default=0) // 16
-    strips = _takes_strips(net)
-    strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if strips else None
+    strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if net.caches_reference else None
     try:
         plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
                            ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
@@ -650,24 +519,24 @@ def upscale(
         plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
         run_tile = _local_self_reference_runner(net, scale)
     else:
-        run_tile = _tile_runner(net, refs, mode, strips)
+        run_tile = _tile_runner(net, refs, mode)
     del refs
     if plan.tile is None:
         sr = run_tile(xp)
     else:
         sr = _run_tiled(run_tile, xp, scale, plan, progress)
     del run_tile, xp
-    sr = sr[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
+    sr = padded.crop(sr)
     # In place: at 4096^2 every float copy of the output is 200 MB.
     out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     del sr
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
 
 
-def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int], scale: int,
+def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], scale: int,
                                budget: int) -> TilePlan:
     """The largest tile whose run fits ``budget`` when its reference is the tile's own LR upscaled ``scale``x."""
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+    rule = net.size_rule
     h, w = image_size
     last_error: RefsrError | None = None
     # whole-image sides are skipped: the whole LR with its whole self-reference has just failed to fit
@@ -684,8 +553,8 @@ def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int]
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def _local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+def _local_self_reference_runner(net: RefSRModel, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    rule = net.size_rule
 
     def run(tile: torch.Tensor) -> torch.Tensor:
         ref = _self_reference(tile, scale)
@@ -695,36 +564,26 @@ def _local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[
     return run
 
 
-def _takes_strips(net: torch.nn.Module) -> bool:
-    encode = getattr(net, "encode_reference", None)
-    return encode is not None and "strip_rows" in inspect.signature(encode).parameters
-
-
 def _strip_rows(width: int) -> int:
     """Rows of a reference strip of about ``REF_STRIP_PIXELS`` pixels (a multiple of 4, at least 64)."""
     return max(64, REF_STRIP_PIXELS // max(width, 1) // 4 * 4)
 
 
-def _strip_pixels(net: torch.nn.Module, ref: torch.Tensor) -> int:
+def _strip_pixels(net: RefSRModel, ref: torch.Tensor) -> int:
     """Pixels the model encodes at once for ``ref`` when it encodes in strips (halo included)."""
-    halo = int(getattr(net, "encoder_halo", lambda: 0)())
+    halo = net.encoder_halo()
     height, width = ref.shape[-2:]
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def _tile_runner(net: torch.nn.Module, refs: list[torch.Tensor], mode: str,
-                 strips: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def _tile_runner(net: RefSRModel, refs: list[torch.Tensor], mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` with the references prepared once."""
     if not refs:
         return lambda tile: net(tile, None)
-    encode = getattr(net, "encode_reference", None)
-    if encode is None:
+    if not net.caches_reference:
         ref = refs[0]
         return lambda tile: net(tile, ref)
-    if strips:
-        caches = [encode(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
-    else:
-        caches = [encode(r) for r in refs]
+    caches = [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
     refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
     if len(caches) == 1:
         cache = caches[0]

@@ -174,7 +174,8 @@ def main_eval(args: argparse.Namespace) -> int:
     """
     from refsr.eval.datasets import DATASETS, get_eval_protocol
     from refsr.eval.suite import _check_json_path, run_suite, write_json
-    from refsr.inference import resolve_device, resolve_model
+    from refsr.devices import resolve_device
+    from refsr.inference import resolve_model
 
     datasets = _split(args.dataset)
     # Cheap checks first: a typo should not wait for the model's weights to load.

@@ -290,7 +290,7 @@ def sampling_figure(
     ref_points = positions * ref_scale + ref_shift
     query_points = pixels * torch.tensor(geometry.query_scale, dtype=torch.float64) + torch.tensor(
         geometry.query_shift, dtype=torch.float64)
-    scale = int(getattr(model, "scale", 4))
+    scale = model.scale
     lr_up = upscale_pil(_to_uint8(lr[0]), scale)
     ref_image = lr_up if geometry.ref_is_lr or ref is None else _to_uint8(ref[0])
     figure = draw_sampling_points(lr_up, ref_image, query_points, ref_points, radius=radius)

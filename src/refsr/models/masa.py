@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -84,12 +84,14 @@ from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
 from refsr.models._blocks import ResBlock, conv2d
 from refsr.models._convert import KeyRenames
+from refsr.models._memory import MemoryCost
 from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
 
 __all__ = [
     "MASA",
     "MASAReferenceCache",
+    "MASA_MEMORY_COST",
     "ResBlock",
     "SAM",
     "DRAM",
@@ -322,6 +324,26 @@ class MASAReferenceCache:
         return sum(m.numel() * m.element_size() for m in maps)
 
 
+#: MASA's memory cost at nf = 32 (``masa-lite``), calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
+#: (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the per-pixel terms with ``nf / 32``, since every
+#: large map has nf channels.
+MASA_MEMORY_COST = MemoryCost(
+    fixed=300 * 2**20,
+    # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
+    per_image_pixel=320,
+    # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
+    # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
+    per_tile_pixel=22_000,
+    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
+    per_ref_pixel=230,
+    # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
+    per_ref_pixel_encoding=700,
+    matching_workspace=256 * 2**20,
+    context=16,
+    ramp=16,
+)
+
+
 class MASA(RefSRModel):
     """MASA-SR, x4. See the module docstring for the architecture and where it follows the official code.
 
@@ -345,6 +367,9 @@ class MASA(RefSRModel):
 
     scale = _SCALE
     uses_ref = True
+    takes_ref_down = True
+    caches_reference = True
+    exposes_correspondence = True
 
     def __init__(
         self,
@@ -671,6 +696,16 @@ class MASA(RefSRModel):
         del textures
         sr = sr + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
         return (sr.contiguous(), corr) if return_correspondence else sr.contiguous()
+
+    @property
+    def memory_cost(self) -> MemoryCost:  # type: ignore[override]
+        """:data:`MASA_MEMORY_COST` with the per-pixel terms scaled by ``nf / 32`` and this model's MEM chunk
+        budget as the matching workspace."""
+        width = self.config["nf"] / 32
+        cost = MASA_MEMORY_COST
+        return replace(cost, per_tile_pixel=cost.per_tile_pixel * width, per_ref_pixel=cost.per_ref_pixel * width,
+                       per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
+                       matching_workspace=int(self.match_max_bytes))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.config.items())

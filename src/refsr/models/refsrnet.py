@@ -398,6 +398,7 @@ class RefSRNet(RefSRModel):
 
     scale = SCALE
     uses_ref = True
+    exposes_correspondence = True
 
     def __init__(
         self,

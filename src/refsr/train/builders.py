@@ -337,13 +337,6 @@ def build_model(cfg: Config) -> nn.Module:
     return model.train()
 
 
-def _takes_ref_down(model: nn.Module) -> bool:
-    try:
-        return "ref_down" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def call_model(model: nn.Module, batch: Mapping[str, torch.Tensor], *, takes_ref_down: bool) -> torch.Tensor:
     """``model(lr, ref)``, with ``ref_down=`` when the model takes it and the batch has it."""
     if takes_ref_down and "ref_down" in batch:

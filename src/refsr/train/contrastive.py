@@ -320,7 +320,8 @@ def _build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> ContrastiveRun:
         _load_init(teacher, str(cfg.contrastive.teacher), "the teacher's weights (contrastive.teacher)")
         teacher = teacher.to(ctx.device).requires_grad_(False).eval()
     optimizer = builders.build_optimizer(model, cfg.optimizer)
-    base = builders.build_training_set(cfg, int(getattr(model, "scale", 4)))
+    # The extractor works at x4 (C2-Matching's LR↑ is the x4 bicubic of the x4-down LR).
+    base = builders.build_training_set(cfg, 4)
     pairs = CorrespondencePairs(base, pairs=cfg.contrastive.pairs, perturb=cfg.contrastive.perturb, seed=cfg.seed)
     weights = [s.weight for s in cfg.data.train.sources] if cfg.data.train.sources[0].weight is not None else None
     sampler = ResumableDistributedSampler(pairs.sizes, seed=cfg.seed, rank=ctx.rank, world=ctx.world,

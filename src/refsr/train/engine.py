@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from refsr.errors import RefsrError
+from refsr.models import run_padded
 from refsr.train import builders, checkpoint
 from refsr.train.config import AdversarialLossConfig, Config, Interval, config_to_dict, load_config
 from refsr.train.distributed import (
@@ -239,7 +240,7 @@ def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     model = builders.build_model(cfg).to(ctx.device)
-    scale = int(getattr(model, "scale", 4))
+    scale = model.scale
     ema = None
     if cfg.train.ema_decay is not None:
         ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -293,7 +294,7 @@ def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
             find_unused_parameters=cfg.train.find_unused_parameters,
         )
     return Run(cfg=cfg, ctx=ctx, out_dir=out_dir, model=model, net=net, ema=ema, optimizer=optimizer, terms=terms,
-               gan=gan, stream=stream, val_set=val_set, takes_ref_down=builders._takes_ref_down(model),
+               gan=gan, stream=stream, val_set=val_set, takes_ref_down=model.takes_ref_down,
                total_iterations=total_iterations, total_units=total_units, state=state)
 
 
@@ -411,29 +412,6 @@ def _discriminator_steps(run: Run, kept: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 # ------------------------------------------------------------------------------------------ validation
-def _forward_padded(model: nn.Module, sample: dict[str, Any], device: torch.device, takes_ref_down: bool) -> torch.Tensor:
-    """The model on one validation sample, padded to the model's size rule and cropped back."""
-    from refsr.inference import pad_to_rule
-
-    lr = sample["lr"][None].to(device)
-    ref = sample["ref"][None].to(device)
-    ref_down = sample["ref_down"][None].to(device) if "ref_down" in sample else None
-    rule = getattr(model, "size_rule", None)
-    scale = int(getattr(model, "scale", 4))
-    top = left = 0
-    h, w = lr.shape[-2:]
-    if rule is not None:
-        lr, (top, left) = pad_to_rule(lr, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
-        padded_ref, _ = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, False)
-        if padded_ref.shape != ref.shape:
-            ref, ref_down = padded_ref, None  # the model remakes Ref↓ from the padded Ref
-    batch = {"lr": lr, "ref": ref}
-    if ref_down is not None:
-        batch["ref_down"] = ref_down
-    sr = builders.call_model(model, batch, takes_ref_down=takes_ref_down)
-    return sr[..., scale * top : scale * (top + h), scale * left : scale * (left + w)]
-
-
 @torch.no_grad()
 def validate(run: Run) -> dict[str, Any]:
     """PSNR (and SSIM with ``select: ssim``) over the validation set, shared out among the processes.
@@ -454,7 +432,10 @@ def validate(run: Run) -> dict[str, Any]:
     grids = []
     for i in range(run.ctx.rank, n, run.ctx.world):
         sample = run.val_set[i]
-        sr = _forward_padded(model, sample, run.ctx.device, run.takes_ref_down).float().cpu()
+        dev = run.ctx.device
+        ref_down = sample["ref_down"][None].to(dev) if "ref_down" in sample else None
+        sr = run_padded(model, sample["lr"][None].to(dev), sample["ref"][None].to(dev), ref_down=ref_down)
+        sr = sr.float().cpu()
         if "pad" in sample and "hr_size" in sample:
             (top, left), (h, w) = sample["pad"], sample["hr_size"]
             sr = sr[..., int(top) : int(top) + int(h), int(left) : int(left) + int(w)]
