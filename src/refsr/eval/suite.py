@@ -28,6 +28,7 @@ from typing import Any, Union
 
 import torch
 
+import refsr
 from refsr.errors import RefsrError
 from refsr.eval.datasets import (
     DATASETS,
@@ -110,10 +111,8 @@ class EvalReport:
         return "\n\n".join(table.render() for table in self.tables.values())
 
     def to_dict(self) -> dict[str, Any]:
-        from refsr import __version__
-
         return {
-            "refsr_version": __version__,
+            "refsr_version": refsr.__version__,
             "protocol": self.protocol.describe(),
             "scale": self.scale,
             "settings": self.settings,
