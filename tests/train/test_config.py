@@ -99,6 +99,85 @@ def test_a_bad_field_gets_an_error_naming_it(edit, message):
     assert message in error_of(data)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # Every kind of pydantic error the schema raises, in our words (the whole line).
+        (lambda d: d["train"].update({3: 1}), "train.3: field names must be strings"),
+        (lambda d: d["model"]["overrides"].update({1: 2}), "model.overrides.1: keys must be strings"),
+        (lambda d: d["data"]["train"]["sources"][0].update({5: 1}), "data.train.sources[0].5: keys must be strings"),
+        (lambda d: d["optimizer"].update(betas=[0.9, 0.99, 0.5]),
+         "optimizer.betas: expected a list of 2 values, got [0.9, 0.99, 0.5]"),
+        (lambda d: d["optimizer"].update(betas=[0.9]), "optimizer.betas: expected a list of 2 values, got [0.9]"),
+        (lambda d: d["optimizer"].update(betas=0.9), "optimizer.betas: expected a list of 2 values, got 0.9"),
+        (lambda d: d["optimizer"].update(betas=[0.9, "x"]), "optimizer.betas[1]: expected a number, got 'x'"),
+        (lambda d: d["losses"].append({"weight": 1.0}),
+         ("losses[1].name: required field is missing (one of l1, charbonnier, mse, perceptual, adversarial, "
+          "contrastive, distillation)")),
+        (lambda d: d["losses"].append({"name": 5}),
+         ("losses[1].name: unknown loss 5 (choose from l1, charbonnier, mse, perceptual, adversarial, contrastive, "
+          "distillation)")),
+        (lambda d: d["losses"].append(3), "losses[1]: expected a mapping such as {name: l1, weight: 1.0}, got 3"),
+        (lambda d: d["losses"].append({"name": "perceptual", "vgg_weights": "x", "weight": -1}),
+         "losses[1].weight: must be >= 0.0, got -1"),
+        (lambda d: d["model"].update(name=5), "model.name: expected a string, got 5"),
+        (lambda d: d["model"].update(overrides=[1]), "model.overrides: expected a mapping, got [1]"),
+        (lambda d: d.update(imports="tiny_sr"), "imports: expected a list, got 'tiny_sr'"),
+        (lambda d: d["train"].update(tensorboard="yes"), "train.tensorboard: expected true or false, got 'yes'"),
+        (lambda d: d["train"].update(batch=True), "train.batch: expected an integer, got True"),
+        (lambda d: d["train"].update(batch=2.5), "train.batch: expected an integer, got 2.5"),
+        (lambda d: d["optimizer"].update(lr="inf"), "optimizer.lr: expected a number, got 'inf'"),
+        (lambda d: d["train"].update(checkpoint_interval="often"),
+         "train.checkpoint_interval: expected a mapping, got 'often'"),
+        (lambda d: d["data"]["val"].update(interval={"epoch": 1}),
+         "data.val.interval.epoch: unknown field; did you mean epochs?"),
+        (lambda d: d["train"].update(time_budget=[1]),
+         "train.time_budget: expected a duration such as 2h or 90m, got [1]"),
+        (lambda d: d.pop("train"), "train: required field is missing (run length, batch, checkpoints)"),
+        (lambda d: d["schedule"].update(unit="epochs"),
+         "schedule.unit: unknown value 'epochs'; did you mean epoch? (choose one of iteration, epoch)"),
+    ],
+)
+def test_each_kind_of_mistake_reads_as_one_line(edit, message):
+    data = tiny()
+    edit(data)
+    assert error_of(data) == message
+
+
+def test_a_config_that_is_not_a_mapping():
+    assert error_of([1]) == "the config: expected a mapping, got [1]"  # type: ignore[arg-type]
+
+
+def test_an_error_the_schema_does_not_raise_today_keeps_pydantics_words():
+    from refsr.train.config import _one_line
+
+    error = {"type": "too_short", "loc": ("imports",), "msg": "List should have at least 1 item after validation",
+             "input": [], "ctx": {"field_type": "List", "min_length": 1, "actual_length": 0}}
+    assert _one_line(error) == "imports: List should have at least 1 item after validation"
+
+
+def test_numbers_as_yaml_writes_them():
+    data = tiny()
+    data["train"]["iterations"] = 1.0e+1  # YAML 1.1: a float
+    data["train"]["time_budget"] = "1h30m"
+    data["optimizer"]["betas"] = ["0.5", 0.9]
+    cfg = parse_config(data)
+    assert cfg.train.iterations == 10 and isinstance(cfg.train.iterations, int)
+    assert cfg.train.time_budget == 5400.0 and cfg.optimizer.betas == (0.5, 0.9)
+
+
+def test_dataset_options_stand_beside_the_fields_or_in_options():
+    data = tiny()
+    source = data["data"]["train"]["sources"][0]
+    cfg = parse_config(data)
+    assert cfg.data.train.sources[0].options == {k: v for k, v in source.items() if k not in ("dataset", "root")}
+    # The same options written as a mapping (as Python code may build a SourceConfig) read the same.
+    data["data"]["train"]["sources"][0] = {"dataset": source["dataset"], "root": None,
+                                           "options": {k: v for k, v in source.items() if k not in ("dataset", "root")}}
+    assert parse_config(data) == cfg
+    assert config_to_dict(cfg)["data"]["train"]["sources"][0] == {**source, "weight": None}
+
+
 def test_cross_field_checks():
     data = tiny()
     data["data"]["train"]["crop"] = 64
