@@ -32,6 +32,7 @@ from refsr.train.schema import (
     TASKS,
     AdversarialLossConfig,
     AugmentConfig,
+    CCNetConfig,
     CharbonnierLossConfig,
     Config,
     ContrastiveConfig,
@@ -86,6 +87,7 @@ __all__ = [
     "ContrastiveLossConfig",
     "DistillationLossConfig",
     "ContrastiveConfig",
+    "CCNetConfig",
     "TASKS",
     "OptimizerConfig",
     "ParamGroupConfig",
@@ -325,9 +327,12 @@ def _check_model(cfg: Config) -> None:
     name = cfg.model.name
     if ":" in name:
         if cfg.task == "restoration":
-            raise RefsrError(f"model.name: {name!r}: module:attribute names are for the contrastive tasks; "
-                             "register a restoration model with refsr.models.register_model")
+            raise RefsrError(f"model.name: {name!r}: module:attribute names are for the contrastive tasks and "
+                             "ccnet; register a restoration model with refsr.models.register_model")
         builder = resolve_target(name, "model.name")
+    elif cfg.task == "ccnet":
+        raise RefsrError(f"model.name: task ccnet trains a CC-Net: name its class, refsr.models.refsrnet:CCNet, "
+                         f"not {name!r}")
     else:
         try:
             builder = get_entry(name).builder

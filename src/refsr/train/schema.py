@@ -18,7 +18,7 @@ The layout (``refsr.train.config.describe_schema()`` prints every field with its
 .. code-block:: yaml
 
     name: masa-rec            # run name; outputs go to runs/<name>/ unless --out is given
-    task: restoration         # restoration | contrastive_teacher | contrastive_student
+    task: restoration         # restoration | contrastive_teacher | contrastive_student | ccnet
     seed: 0
     imports: []               # modules to import first (they may register models with refsr)
     model: {name: masa, overrides: {}, init: null}
@@ -35,6 +35,7 @@ The layout (``refsr.train.config.describe_schema()`` prints every field with its
             select: psnr, limit: null, images: 1, <dataset options>}
     losses: [{name: l1, weight: 1.0}]
     contrastive: {pairs: warp, perturb: 10, border: 10, teacher: null}   # the contrastive tasks only
+    ccnet: {window: 129, scale: 8, grid: 8, crops_per_sample: 4, rotate: true}   # task ccnet only
     optimizer: {name: adam, lr: 1.0e-4, betas: [0.9, 0.999], eps: 1.0e-8, weight_decay: 0.0,
                 param_groups: [{match: offset, lr: 1.0e-6}]}
     schedule: {name: cosine, unit: epoch, t_max: 500, eta_min: 0.0, offset: 1, warmup_iterations: 0}
@@ -73,6 +74,7 @@ __all__ = [
     "ContrastiveLossConfig",
     "DistillationLossConfig",
     "ContrastiveConfig",
+    "CCNetConfig",
     "TASKS",
     "OptimizerConfig",
     "ParamGroupConfig",
@@ -180,8 +182,8 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The network to train."""
 
-    name: str = Field(description="a name from refsr.list_models(); for the contrastive tasks also module:attribute "
-                                  "of a feature extractor class or builder")
+    name: str = Field(description="a name from refsr.list_models(); for the contrastive tasks and ccnet also "
+                                  "module:attribute of a network class or builder")
     overrides: dict[str, Any] = Field(default_factory=dict, description="keyword options of the model's builder")
     init: str | None = Field(None, description="weights to start from: a .safetensors file, an official .pth, "
                                                "or 'default'")
@@ -456,7 +458,7 @@ LossConfig = Annotated[Union[_LOSS_CLASSES], Field(discriminator="name")]  # typ
 LOSS_TYPES: dict[str, type[BaseModel]] = {cls.model_fields["name"].default: cls for cls in _LOSS_CLASSES}
 _CONTRASTIVE_LOSSES = ("contrastive", "distillation")
 
-Task = Literal["restoration", "contrastive_teacher", "contrastive_student"]
+Task = Literal["restoration", "contrastive_teacher", "contrastive_student", "ccnet"]
 TASKS: tuple[str, ...] = get_args(Task)
 
 
@@ -480,6 +482,19 @@ class ContrastiveConfig(_Section):
         if self.pairs != "warp" and "perturb" in _given(self):
             raise _error("only used with pairs: warp", "perturb")
         return self
+
+
+class CCNetConfig(_Section):
+    """RefSR-Net's CC-Net trained as a classification over a search window (``task: ccnet``; see
+    :mod:`refsr.train.ccnet`): 65x65 patches of the upsampled LR against reference windows."""
+
+    window: Int = Field(129, ge=1, description="candidate positions per side of the search window (paper: 129, "
+                                               "a 193x193 reference patch)")
+    scale: Int = Field(8, ge=1, description="the LR is this many times smaller and is upsampled back "
+                                            "bilinearly (paper: 8); also the datasets' scale")
+    grid: Int = Field(8, ge=1, description="LR-patch centres on multiples of this (upsampled-LR pixels)")
+    crops_per_sample: Int = Field(4, ge=1, description="LR patches cut from each loaded image pair")
+    rotate: bool = Field(True, description="turn both crops by a random quarter turn (paper Sec. 5)")
 
 
 class ScheduleConfig(_Section):
@@ -554,15 +569,18 @@ class Config(_Section):
     name: str | None = Field(None, description="run name; the default output folder is runs/<name>")
     task: Task = Field("restoration", description="restoration (a RefSR network) | contrastive_teacher | "
                                                   "contrastive_student (C2-Matching's feature extractor, stages 1 "
-                                                  "and 2)")
+                                                  "and 2) | ccnet (RefSR-Net's CC-Net)")
     seed: Int = Field(0, ge=0, description="seeds initialisation, data order and augmentation")
     imports: list[str] = Field(default_factory=list, description="modules imported before anything is built "
                                                                  "(custom models)")
     model: ModelConfig = Field(description="the network")
     data: DataConfig = Field(description="training and validation data")
-    losses: list[LossConfig] = Field(description="loss terms, summed with their weights")  # type: ignore[valid-type]
+    losses: list[LossConfig] = Field(default_factory=list,  # type: ignore[valid-type]
+                                     description="loss terms, summed with their weights (task ccnet: none, it "
+                                                 "has its own)")
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig,
                                            description="the contrastive tasks' training pairs")
+    ccnet: CCNetConfig = Field(default_factory=CCNetConfig, description="task ccnet's training crops")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="the generator's optimiser")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="the learning-rate schedule")
     train: TrainConfig = Field(description="run length, batch, checkpoints")
@@ -573,7 +591,9 @@ class Config(_Section):
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise _error(f"{name!r} is listed twice", "losses", i, "name")
-        if not self.losses:
+        if self.task == "ccnet":
+            self._check_ccnet()
+        elif not self.losses:
             raise _error("give at least one loss, e.g. [{name: l1, weight: 1.0}]", "losses")
         elif self.task == "restoration":
             for i, name in enumerate(names):
@@ -582,8 +602,10 @@ class Config(_Section):
                                  "contrastive_student", "losses", i, "name")
         else:
             self._check_contrastive()
-        if "contrastive" in _given(self) and self.task == "restoration":
-            raise _error("only used by the contrastive tasks; remove it or set task", "contrastive")
+        for section, users in (("contrastive", "the contrastive tasks"), ("ccnet", "task ccnet")):
+            uses = self.task.startswith(section) if section == "contrastive" else self.task == section
+            if section in _given(self) and not uses:
+                raise _error(f"only used by {users}; remove it or set task", section)
         if self.schedule.name == "cosine" and self.schedule.t_max is None and self.train.iterations is None \
                 and self.train.epochs is None:
             raise _error("required for a cosine schedule when only train.time_budget bounds the run",
@@ -609,6 +631,18 @@ class Config(_Section):
             raise _error("the contrastive tasks do not validate; set data.val: null", "data", "val")
         if self.train.ema_decay is not None:
             raise _error("not supported by the contrastive tasks", "train", "ema_decay")
+
+    def _check_ccnet(self) -> None:
+        if self.losses:
+            raise _error("task ccnet trains with CC-Net's own classification loss (Eq. 1); remove losses",
+                         "losses")
+        for key in sorted({"protocol", "crop", "crop_ref", "augment"} & _given(self.data.train)):
+            raise _error("not used by task ccnet, which cuts its own crops (see the ccnet section)",
+                         "data", "train", key)
+        if self.data.val is not None:
+            raise _error("task ccnet does not validate; set data.val: null", "data", "val")
+        if self.train.ema_decay is not None:
+            raise _error("not supported by task ccnet", "train", "ema_decay")
 
     def _check_vgg_style_discriminator(self) -> None:
         for i, loss in enumerate(self.losses):
