@@ -11,16 +11,14 @@ import yaml
 
 from refsr.errors import RefsrError
 from refsr.train.config import (
-    AdversarialLossConfig,
-    Interval,
     apply_overrides,
     config_to_dict,
     describe_schema,
     load_config,
     parse_config,
-    parse_duration,
     schema_paths,
 )
+from refsr.train.schema import AdversarialLossConfig, Interval, parse_duration
 
 import tiny_sr  # noqa: F401  (registers the tiny-sr-test model)
 

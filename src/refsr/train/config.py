@@ -7,9 +7,9 @@ field; did you mean batch?``, so that a bad config fails before any work starts:
 pydantic's errors into that line, and checks what the schema cannot know, the model's options against its
 builder's signature and the datasets' options against theirs.
 
-The schema itself (every section, field, default and bound) is :mod:`refsr.train.schema`; its names are
-re-exported here. :func:`describe_schema` prints it with each field's meaning; ``configs/README.md``
-explains it.
+The schema itself (every section, field, default and bound, and :func:`~refsr.train.schema.parse_duration`)
+is :mod:`refsr.train.schema`. :func:`describe_schema` prints it with each field's meaning;
+``configs/README.md`` explains it.
 """
 
 from __future__ import annotations
@@ -27,36 +27,7 @@ from pydantic import BaseModel, ValidationError
 from refsr.errors import RefsrError
 from refsr.models import get_entry
 from refsr.train.builders import check_dataset_options
-from refsr.train.schema import (
-    LOSS_TYPES,
-    TASKS,
-    AdversarialLossConfig,
-    AugmentConfig,
-    CCNetConfig,
-    CharbonnierLossConfig,
-    Config,
-    ContrastiveConfig,
-    ContrastiveLossConfig,
-    DataConfig,
-    DatasetSection,
-    DiscriminatorConfig,
-    DistillationLossConfig,
-    Duration,
-    Interval,
-    L1LossConfig,
-    LossConfig,
-    ModelConfig,
-    MSELossConfig,
-    OptimizerConfig,
-    ParamGroupConfig,
-    PerceptualLossConfig,
-    ScheduleConfig,
-    SourceConfig,
-    TrainConfig,
-    TrainDataConfig,
-    ValConfig,
-    parse_duration,
-)
+from refsr.train.schema import LOSS_TYPES, Config, DatasetSection, Duration, Interval, LossConfig
 
 __all__ = [
     "load_config",
@@ -68,33 +39,6 @@ __all__ = [
     "schema_paths",
     "import_modules",
     "resolve_target",
-    # the schema's names (refsr.train.schema), here too
-    "Config",
-    "ModelConfig",
-    "SourceConfig",
-    "AugmentConfig",
-    "TrainDataConfig",
-    "ValConfig",
-    "DataConfig",
-    "Interval",
-    "LossConfig",
-    "L1LossConfig",
-    "CharbonnierLossConfig",
-    "MSELossConfig",
-    "PerceptualLossConfig",
-    "AdversarialLossConfig",
-    "DiscriminatorConfig",
-    "ContrastiveLossConfig",
-    "DistillationLossConfig",
-    "ContrastiveConfig",
-    "CCNetConfig",
-    "TASKS",
-    "OptimizerConfig",
-    "ParamGroupConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "LOSS_TYPES",
-    "parse_duration",
 ]
 
 
