@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from refsr.errors import RefsrError
 from refsr.train import load_config, run_training
 from refsr.train import builders, checkpoint
-from refsr.train.config import ScheduleConfig
+from refsr.train.schema import ScheduleConfig
 from refsr.train.distributed import ResumableDistributedSampler, epoch_order
 from refsr.train.monitor import image_grid, read_metrics
 
@@ -332,7 +332,7 @@ def test_amsa_offset_learning_rates_by_name():
     # 'offset' -> 1e-4, the rest -> lr_g 1e-4 (official ref_restoration_model.py).
     from torch import nn
 
-    from refsr.train.config import OptimizerConfig, ParamGroupConfig
+    from refsr.train.schema import OptimizerConfig, ParamGroupConfig
 
     net = nn.ModuleDict({
         "small_dyn_agg": nn.ModuleDict({"conv_offset_mask": nn.Conv2d(1, 1, 1), "conv": nn.Conv2d(1, 1, 1)}),

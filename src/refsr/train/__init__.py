@@ -1,6 +1,7 @@
 """Training: ``refsr train CONFIG.yaml`` and :func:`run_training`.
 
-- :mod:`refsr.train.config`: the config schema (dataclasses), YAML loading and ``--set`` overrides;
+- :mod:`refsr.train.schema`: the config schema (pydantic models);
+- :mod:`refsr.train.config`: YAML loading, ``--set`` overrides, validation with one-line errors;
 - :mod:`refsr.train.builders`: config names to datasets, losses, optimisers and the lr schedule;
 - :mod:`refsr.train.engine`: the loop (gradient accumulation, EMA, GAN, validation, checkpoints, resume);
 - :mod:`refsr.train.checkpoint`: atomic safetensors + training-state checkpoints;
@@ -14,8 +15,9 @@
 from __future__ import annotations
 
 from refsr.train.cli import add_train_arguments, main_train
-from refsr.train.config import Config, describe_schema, load_config, parse_config
+from refsr.train.config import describe_schema, load_config, parse_config
 from refsr.train.engine import IterationRecord, TrainingSummary, run_training
+from refsr.train.schema import Config
 
 __all__ = [
     "Config",

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from refsr.errors import RefsrError
-from refsr.train.config import (
+from refsr.train.schema import (
     AdversarialLossConfig,
     CharbonnierLossConfig,
     Config,

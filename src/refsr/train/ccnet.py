@@ -427,7 +427,7 @@ def train_ccnet(config: CCNetTrainConfig | Mapping[str, Any] | str | os.PathLike
         cfg = config
     else:
         cfg = parse_ccnet_config(config)
-    from refsr.train.config import parse_duration
+    from refsr.train.schema import parse_duration
 
     budget = parse_duration(cfg.train.time_budget, "train.time_budget") if cfg.train.time_budget else None
     total = int(iterations if iterations is not None else cfg.train.iterations)

@@ -53,15 +53,10 @@ from torch.utils.data import Dataset
 from refsr.errors import RefsrError
 from refsr.train import builders, checkpoint
 from refsr.train import engine as E
-from refsr.train.config import (
-    Config,
-    ContrastiveLossConfig,
-    DistillationLossConfig,
-    config_to_dict,
-    resolve_target,
-)
+from refsr.train.config import config_to_dict, resolve_target
 from refsr.train.distributed import DistContext, ResumableDistributedSampler, all_reduce_mean, setup
 from refsr.train.monitor import Monitor, truncate_metrics
+from refsr.train.schema import Config, ContrastiveLossConfig, DistillationLossConfig
 
 __all__ = [
     "random_homography",

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from refsr.errors import RefsrError
 from refsr.models import run_padded
 from refsr.train import builders, checkpoint
-from refsr.train.config import AdversarialLossConfig, Config, Interval, config_to_dict, load_config
+from refsr.train.config import config_to_dict, load_config
 from refsr.train.distributed import (
     DistContext,
     ResumableDistributedSampler,
@@ -55,6 +55,7 @@ from refsr.train.distributed import (
     setup,
 )
 from refsr.train.monitor import Monitor, image_grid, truncate_metrics
+from refsr.train.schema import AdversarialLossConfig, Config, Interval
 
 __all__ = [
     "TrainState",
@@ -702,7 +703,7 @@ def run_training(
     """Train as ``config`` says; the same call works in one process and under ``torchrun``.
 
     Args:
-        config: a :class:`~refsr.train.config.Config`, or the path of a YAML config.
+        config: a :class:`~refsr.train.schema.Config`, or the path of a YAML config.
         out_dir: the run's folder (default ``runs/<config name>``): ``config.yaml``, ``metrics.jsonl``,
             ``tb/``, ``checkpoints/{last,best}/``.
         resume: continue from ``OUT/checkpoints/last`` (exactly: the same samples, augmentations and
