@@ -53,7 +53,7 @@ Choices the paper leaves open (each one is a constructor option where it is a nu
    the reference translated by the match (not a per-pixel warp: the paper feeds SS-Net "the reference patch
    selected via CC-Net"). The reference is padded by replication where the crop leaves it.
 7. **Search range**: 100 reference pixels either side of the window centre (paper, testing stage), clipped
-   to the reference; training CC-Net uses a 129x129 window (±64), :mod:`refsr.train.ccnet`.
+   to the reference; training CC-Net uses a 129x129 window (±64), :mod:`refsr.train.tasks.ccnet`.
 8. **SRResNet + NN** (Sec. 4, 5.2): SRResNet [Ledig et al.] with 64 channels, a 9x9 first conv + PReLU, 16
    residual blocks (conv-BN-PReLU-conv-BN + identity), conv-BN and the long skip; the sub-pixel upsampling
    blocks replaced by x2 nearest-neighbour + 3x3 conv + PReLU; a 9x9 last conv. PReLU has one slope per
@@ -86,9 +86,9 @@ Choices the paper leaves open (each one is a constructor option where it is a nu
     reference size.
 14. **Initialisation**: PyTorch's defaults (Kaiming-uniform convs, BN weight 1, bias 0).
 
-Training (paper Sec. 5): CC-Net by :func:`refsr.train.ccnet.train_ccnet` (configs ``ccnet.yaml``,
-``ccnet-lite.yaml``); the SRResNet + NN by the standard engine on ``srresnet-x8``; SS-Net by the standard
-engine on ``refsrnet`` with ``ccnet_weights`` / ``sisr_weights`` (configs ``ssnet.yaml``, ``refsrnet.yaml``).
+Training (paper Sec. 5): CC-Net by ``refsr train`` with ``task: ccnet`` (configs ``ccnet.yaml``,
+``ccnet-lite.yaml``); the SRResNet + NN by the same loop's restoration task on ``srresnet-x8``; SS-Net by it
+on ``refsrnet`` with ``ccnet_weights`` / ``sisr_weights`` (configs ``ssnet.yaml``, ``refsrnet.yaml``).
 """
 
 from __future__ import annotations
@@ -598,8 +598,8 @@ def _load_parts(model: RefSRNet, ccnet_weights: str | None, sisr_weights: str | 
 def refsrnet(*, ccnet_weights: str | None = None, sisr_weights: str | None = None, **kwargs: Any) -> RefSRNet:
     """RefSR-Net (BMVC 2017), x8: CC-Net matching + SS-Net patch synthesis + mask-weighted sliding windows.
 
-    ``ccnet_weights`` / ``sisr_weights``: files with a trained CC-Net (CC-Net training's
-    ``ccnet.safetensors``) and a pre-trained ``srresnet-x8``, loaded into the frozen parts.
+    ``ccnet_weights`` / ``sisr_weights``: files with a trained CC-Net (a ``task: ccnet`` run's
+    ``checkpoints/last/model.safetensors``) and a pre-trained ``srresnet-x8``, loaded into the frozen parts.
     """
     return _load_parts(build_variant(RefSRNet, "refsrnet", {}, kwargs), ccnet_weights, sisr_weights)
 

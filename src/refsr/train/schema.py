@@ -465,7 +465,7 @@ TASKS: tuple[str, ...] = get_args(Task)
 # ------------------------------------------------------------------------------------ task sections
 class ContrastiveConfig(_Section):
     """Training pairs for C2-Matching's contrastive extractor (``task: contrastive_*``; see
-    :mod:`refsr.train.contrastive`)."""
+    :mod:`refsr.train.tasks.contrastive`)."""
 
     pairs: Literal["warp", "synthetic"] = Field(
         "warp", description="warp: the reference is a random homography of each HR crop (C2-Matching) | "
@@ -486,7 +486,7 @@ class ContrastiveConfig(_Section):
 
 class CCNetConfig(_Section):
     """RefSR-Net's CC-Net trained as a classification over a search window (``task: ccnet``; see
-    :mod:`refsr.train.ccnet`): 65x65 patches of the upsampled LR against reference windows."""
+    :mod:`refsr.train.tasks.ccnet`): 65x65 patches of the upsampled LR against reference windows."""
 
     window: Int = Field(129, ge=1, description="candidate positions per side of the search window (paper: 129, "
                                                "a 193x193 reference patch)")
@@ -549,8 +549,16 @@ class TrainConfig(_Section):
                                                                "none)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (under torchrun: cuda:LOCAL_RANK)")
     find_unused_parameters: bool = Field(False, description="DDP: let parameters go unused in a step")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (GPU runs; CPU runs "
-                                                   "already are)")
+    deterministic: bool = Field(False, description="deterministic algorithms and cuBLAS workspace, so that a "
+                                                   "resumed GPU run repeats an uninterrupted one bit for bit (CPU "
+                                                   "runs already do)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="fp32 | bf16 | fp16: autocast of the forward passes and losses (fp16 with a grad "
+                            "scaler); weights, optimiser states and validation stay float32")
+    channels_last: bool = Field(False, description="channels-last memory format for the network and its inputs "
+                                                   "(faster 2-D convolutions on CPUs and GPUs)")
+    compile: bool = Field(False, description="torch.compile the network for the training steps (first steps "
+                                             "are slow while it compiles)")
     tensorboard: bool = Field(True, description="write TensorBoard events to OUT/tb")
 
     @model_validator(mode="after")
