@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 import refsr
-from conftest import DATA
 from refsr.cli import main
 from refsr.errors import RefsrError
 from refsr.eval import add_eval_arguments, main_eval
