@@ -24,6 +24,10 @@ The schema (``describe_schema()`` prints it with each field's meaning; ``configs
         augment: {name: masa, swap_prob: 0.5, jitter: true, geometric_from_epoch: 30}
         samples_per_epoch: null
         num_workers: 4
+        degradation: bicubic  # bicubic | real (Real-ESRGAN-style blur/noise/JPEG, refsr.data.degrade)
+        degradation_options: {}   # real: RealDegradation fields to change
+        ref_degradation: none     # real: none | jpeg (the reference's own JPEG, quality in ref_jpeg_range)
+        ref_jpeg_range: [70, 95]
       val: {dataset: cufed5, root: ~/data/CUFED, protocol: masa, interval: {epochs: 1}, from_epoch: 21,
             select: psnr, limit: null, images: 1, <dataset options>}
     losses: [{name: l1, weight: 1.0}]
@@ -155,8 +159,17 @@ class TrainDataConfig:
     samples_per_epoch: int | None = _f(None, "samples per epoch over all sources; null: their total size",
                                        min=1)
     num_workers: int = _f(0, "DataLoader worker processes per training process", min=0)
+    degradation: Literal["bicubic", "real"] = _f(
+        "bicubic", "how the LR is made: bicubic (the sources' PIL-bicubic LR, as the official repos) | real "
+                   "(remade from the final HR crop by blur, noise and JPEG twice: refsr.data.degrade.RealDegradation)")
+    degradation_options: dict[str, Any] = _f(
+        factory=dict, doc="real: RealDegradation options to change from Real-ESRGAN's, e.g. {jpeg_range: [50, 95]}")
+    ref_degradation: Literal["none", "jpeg"] = _f(
+        "none", "real: the reference left clean (none) or given its own JPEG compression (jpeg)")
+    ref_jpeg_range: tuple[int, int] = _f((70, 95), "ref_degradation jpeg: the JPEG quality range, drawn uniformly")
 
     def _check(self, path: str) -> None:
+        self._check_degradation(path)
         if not self.sources:
             raise RefsrError(f"{path}.sources: give at least one dataset")
         given = [s.weight is not None for s in self.sources]
@@ -166,6 +179,24 @@ class TrainDataConfig:
             raise RefsrError(f"{path}.sources: the weights must not all be zero")
         if self.crop is None and self.crop_ref != "none":
             raise RefsrError(f"{path}.crop_ref: needs data.train.crop")
+
+    def _check_degradation(self, path: str) -> None:
+        if self.degradation != "real":
+            for key in ("degradation_options", "ref_degradation", "ref_jpeg_range"):
+                if key in _given(self):
+                    raise RefsrError(f"{path}.{key}: only used with degradation: real")
+            return
+        from refsr.data.degrade_real import RealDegradation
+
+        try:
+            RealDegradation.from_options(self.degradation_options)
+        except RefsrError as exc:
+            raise RefsrError(f"{path}.degradation_options.{exc}") from None
+        lo, hi = self.ref_jpeg_range
+        if not 1 <= lo <= hi <= 100:
+            raise RefsrError(f"{path}.ref_jpeg_range: JPEG qualities within 1..100, low <= high, got [{lo}, {hi}]")
+        if self.ref_degradation != "jpeg" and "ref_jpeg_range" in _given(self):
+            raise RefsrError(f"{path}.ref_jpeg_range: only used with ref_degradation: jpeg")
 
 
 @dataclass(kw_only=True)
