@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from refsr.data.degrade import make_lr
+from refsr.data.degrade import make_lr, to_tensor
 from refsr.errors import RefsrError
 from refsr.metrics import psnr
 from refsr.train.builders import build_training_set
@@ -40,17 +40,20 @@ def error_of(data: dict) -> str:
 
 
 def test_the_fields_parse_and_are_checked():
-    cfg = parse_config(tiny(degradation="real", degradation_options={"jpeg_range": [60, 95]},
+    cfg = parse_config(tiny(degradation="real", degradation_options={"second": {"jpeg_range": [60, 95]}},
                             ref_degradation="jpeg", ref_jpeg_range=[80, 90]))
     train = cfg.data.train
     assert (train.degradation, train.ref_degradation, train.ref_jpeg_range) == ("real", "jpeg", (80, 90))
-    assert train.degradation_options == {"jpeg_range": [60, 95]}
+    assert train.degradation_options == {"second": {"jpeg_range": [60, 95]}}
     assert parse_config(tiny()).data.train.degradation == "bicubic"
-    assert error_of(tiny(degradation="real", degradation_options={"jpeg_rang": [60, 95]})) == (
-        "data.train.degradation_options.jpeg_rang: unknown degradation option; did you mean jpeg_range?")
-    assert error_of(tiny(degradation="real", degradation_options={"noise_range": [9, 1]})).startswith(
-        "data.train.degradation_options.noise_range: give a range")
-    assert error_of(tiny(ref_degradation="jpeg")) == "data.train.ref_degradation: only used with degradation: real"
+    misspelt = tiny(degradation="real", degradation_options={"first": {"jpeg_rang": [60, 95]}})
+    assert error_of(misspelt) == ("data.train.degradation_options.first.jpeg_rang: unknown degradation "
+                                  "option; did you mean jpeg_range?")
+    reversed_range = tiny(degradation="real", degradation_options={"second": {"noise_range": [9, 1]}})
+    assert error_of(reversed_range).startswith(
+        "data.train.degradation_options.second.noise_range: give a range")
+    assert error_of(tiny(ref_degradation="jpeg")) == (
+        "data.train.ref_degradation: only used with degradation: real")
     assert error_of(tiny(degradation="real", ref_jpeg_range=[80, 90])) == (
         "data.train.ref_jpeg_range: only used with ref_degradation: jpeg")
     assert error_of(tiny(degradation="real", ref_degradation="jpeg", ref_jpeg_range=[0, 90])).startswith(
@@ -77,10 +80,12 @@ def test_the_lr_is_remade_from_the_final_hr_crop():
         # Aligned with the final HR: closer to its bicubic LR than to that of the HR turned upside down.
         hr = u8(r["hr"])
         lr = u8(r["lr"])
-        assert psnr(lr, make_lr(hr, 4), protocol="masa") > psnr(lr, make_lr(hr[::-1].copy(), 4), protocol="masa")
+        upside_down = make_lr(hr[::-1].copy(), 4)
+        assert psnr(lr, make_lr(hr, 4), protocol="masa") > psnr(lr, upside_down, protocol="masa")
         # A compressed reference, and a Ref↓ made from it; the LR is the same draw.
-        assert torch.equal(j["lr"], r["lr"]) and torch.equal(j["hr"], r["hr"]) and not torch.equal(j["ref"], r["ref"])
-        assert torch.equal(j["ref_down"], torch.from_numpy(make_lr(u8(j["ref"]), 4)).permute(2, 0, 1).float() / 255)
+        assert torch.equal(j["lr"], r["lr"]) and torch.equal(j["hr"], r["hr"])
+        assert not torch.equal(j["ref"], r["ref"])
+        assert torch.equal(j["ref_down"], to_tensor(make_lr(u8(j["ref"]), 4)))
 
 
 @pytest.mark.slow

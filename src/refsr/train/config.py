@@ -161,12 +161,15 @@ class TrainDataConfig:
     num_workers: int = _f(0, "DataLoader worker processes per training process", min=0)
     degradation: Literal["bicubic", "real"] = _f(
         "bicubic", "how the LR is made: bicubic (the sources' PIL-bicubic LR, as the official repos) | real "
-                   "(remade from the final HR crop by blur, noise and JPEG twice: refsr.data.degrade.RealDegradation)")
+                   "(remade from the final HR crop by blur, noise and JPEG, twice: "
+                   "refsr.data.degrade.RealDegradation)")
     degradation_options: dict[str, Any] = _f(
-        factory=dict, doc="real: RealDegradation options to change from Real-ESRGAN's, e.g. {jpeg_range: [50, 95]}")
+        factory=dict, doc="real: RealDegradation options to change from Real-ESRGAN's, e.g. "
+                          "{second: {jpeg_range: [50, 95]}}")
     ref_degradation: Literal["none", "jpeg"] = _f(
         "none", "real: the reference left clean (none) or given its own JPEG compression (jpeg)")
-    ref_jpeg_range: tuple[int, int] = _f((70, 95), "ref_degradation jpeg: the JPEG quality range, drawn uniformly")
+    ref_jpeg_range: tuple[int, int] = _f((70, 95), "ref_degradation jpeg: the JPEG quality range, drawn "
+                                                   "uniformly")
 
     def _check(self, path: str) -> None:
         self._check_degradation(path)
@@ -194,7 +197,8 @@ class TrainDataConfig:
             raise RefsrError(f"{path}.degradation_options.{exc}") from None
         lo, hi = self.ref_jpeg_range
         if not 1 <= lo <= hi <= 100:
-            raise RefsrError(f"{path}.ref_jpeg_range: JPEG qualities within 1..100, low <= high, got [{lo}, {hi}]")
+            raise RefsrError(f"{path}.ref_jpeg_range: JPEG qualities within 1..100, low <= high, "
+                             f"got [{lo}, {hi}]")
         if self.ref_degradation != "jpeg" and "ref_jpeg_range" in _given(self):
             raise RefsrError(f"{path}.ref_jpeg_range: only used with ref_degradation: jpeg")
 
