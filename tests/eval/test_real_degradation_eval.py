@@ -112,7 +112,8 @@ def test_the_cli_refuses_real_degradation_on_other_datasets(tmp_path: Path):
     parser = argparse.ArgumentParser(prog="refsr eval")
     add_eval_arguments(parser)
     args = parser.parse_args(["--dataset", "cufed5", "--root", str(tmp_path), "--degradation", "real"])
-    with pytest.raises(RefsrError, match="^--degradation real applies to the open benchmark only, not to cufed5$"):
+    message = "^--degradation real applies to the open benchmark only, not to cufed5$"
+    with pytest.raises(RefsrError, match=message):
         main_eval(args)
     with pytest.raises(RefsrError, match="drop cufed5"):
         run_suite(BicubicUpsampler(), ["open", "cufed5"], [None, tmp_path], degradation="real")

@@ -16,11 +16,12 @@ name          what                                                  ``--root``
 
 ``degradation="real"`` (``refsr eval --degradation real``, open benchmark only) is the **real-degradation
 protocol**: every LR is remade from its HR by :func:`refsr.data.degrade.degrade_real` (Real-ESRGAN's
-second-order blur / resize / noise / JPEG with its default ranges, :class:`refsr.data.degrade.RealDegradation`),
-one fixed draw per pair, seeded by ``(REAL_DEGRADATION_SEED, crc32(pair name))`` (:func:`pair_seed`). The seed
-depends on the pair's manifest name only, so a pair gets the same LR in every run, whatever ``--every``,
-``--limit``, ``--kinds`` or ``--sources`` select. The reference is left as the dataset gives it (clean):
-the protocol asks what a good reference photo adds to a degraded input. Ref↓ and the HR are unchanged.
+second-order blur / resize / noise / JPEG with its default ranges,
+:class:`refsr.data.degrade.RealDegradation`), one fixed draw per pair, seeded by
+``(REAL_DEGRADATION_SEED, crc32(pair name))`` (:func:`pair_seed`). The seed depends on the pair's manifest
+name only, so a pair gets the same LR in every run, whatever ``--every``, ``--limit``, ``--kinds`` or
+``--sources`` select. The reference is left as the dataset gives it (clean): the protocol asks what a good
+reference photo adds to a degraded input. Ref↓ and the HR are unchanged.
 
 An evaluation *protocol* fixes two things at once: how the dataset sizes its images (the official test
 loader's padding or cropping, :mod:`refsr.data.standard`) and how PSNR/SSIM are computed
@@ -252,7 +253,8 @@ class RealDegradedPairs(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = dict(self.dataset[index])
         hr, lr = sample["hr"], sample["lr"]
-        if tuple(hr.shape[-2:]) != (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale) or any(sample.get("pad", (0, 0))):
+        own_lr = tuple(hr.shape[-2:]) == (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
+        if not own_lr or any(sample.get("pad", (0, 0))):
             raise RefsrError(
                 f"sample {sample.get('name', index)!r}: its LR is not made from its own HR at x{self.scale}; "
                 "the real-degradation protocol needs such a dataset (the open benchmark)"
