@@ -10,9 +10,9 @@ draws, and the time of the draw alone. Run with ``OMP_NUM_THREADS=1``.
 
 The figure shows the HR crop and eight degraded LR images (seeds 0-7), each enlarged x4 with nearest
 neighbour (x5 for the 40x40 LR, so 200x200 tiles) so that its pixels, ringing and JPEG blocks stay visible,
-with each draw written under it: the two rounds' blurs (kind and sigma, or the sinc cut-off), their noise
-(Gaussian sigma in 8-bit levels or Poisson scale; g = grey noise), the two JPEG qualities and the final
-stage's order.
+with each draw written under it, one line per stage: 1 and 2 the rounds' blur (iso, aniso, g = generalised,
+p = plateau, with sigma; or the sinc cut-off), noise (gau: Gaussian sigma in 8-bit levels, poi: Poisson
+scale; a trailing g: grey noise) and the first JPEG quality (q); 3 the final stage's order and JPEG quality.
 """
 
 from __future__ import annotations
@@ -60,35 +60,39 @@ def time_samples(count: int) -> None:
         draws.append(middle - start)
     ms = np.asarray(whole) * 1e3
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    omp = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"real degradation of a {SIDE}x{SIDE} HR crop to {SIDE // SCALE}x{SIDE // SCALE}, {count} seeds, "
-          f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+          f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={omp}")
     print("| median | mean | p90 | max | draw alone (median) | peak RSS |")
     print("|---|---|---|---|---|---|")
-    print(f"| {np.median(ms):.2f} ms | {ms.mean():.2f} ms | {np.percentile(ms, 90):.2f} ms | {ms.max():.2f} ms | "
-          f"{np.median(draws) * 1e3:.3f} ms | {peak:.0f} MB |")
+    print(f"| {np.median(ms):.2f} ms | {ms.mean():.2f} ms | {np.percentile(ms, 90):.2f} ms | "
+          f"{ms.max():.2f} ms | {np.median(draws) * 1e3:.3f} ms | {peak:.0f} MB |")
 
 
 def caption(draw) -> list[str]:
-    """Three short lines: the two rounds' blurs, their noise, and the JPEG qualities with the final filter."""
+    """One short line per stage: each round's blur and noise (and the first JPEG quality), then the final
+    stage."""
     def blur(kernel) -> str:
         if kernel is None:
-            return "none"
+            return "no blur"
         if kernel.kind == "sinc":
-            return f"sinc w{kernel.omega / np.pi:.2f}pi"
-        kind = kernel.kind.replace("generalized", "gen").replace("plateau", "plat")
+            return f"sinc {kernel.omega / np.pi:.2f}pi"
+        family, _, shape = kernel.kind.rpartition("_")
+        kind = {"generalized": "g", "plateau": "p", "": ""}[family] + (shape or kernel.kind)
         sigma = f"{kernel.sigma_x:.1f}" + (f"x{kernel.sigma_y:.1f}" if kernel.kind.endswith("aniso") else "")
-        return f"{kind} s{sigma}"
+        return f"{kind} {sigma}"
 
     def noise(n) -> str:
-        amount = f"{n.sigma:.0f}" if n.kind == "gaussian" else f"{n.scale:.2f}"
-        return f"{'gauss' if n.kind == 'gaussian' else 'poisson'} {amount}{' g' if n.grey else ''}"
+        amount = f"gau {n.sigma:.0f}" if n.kind == "gaussian" else f"poi {n.scale:.2f}"
+        return amount + ("g" if n.grey else "")
 
     final = "sinc" if draw.final_sinc is not None else "no sinc"
-    order = f"{final}>jpeg" if draw.sinc_first else f"jpeg>{final}"
+    quality = f"q{draw.second.jpeg_quality}"
+    order = f"{final} > {quality}" if draw.sinc_first else f"{quality} > {final}"
     return [
-        f"blur {blur(draw.first.blur)} / {blur(draw.second.blur)}",
-        f"{noise(draw.first.noise)} / {noise(draw.second.noise)}",
-        f"q {draw.first.jpeg_quality}/{draw.second.jpeg_quality}, {order}",
+        f"1: {blur(draw.first.blur)}, {noise(draw.first.noise)}, q{draw.first.jpeg_quality}",
+        f"2: {blur(draw.second.blur)}, {noise(draw.second.noise)}",
+        f"3: {order}",
     ]
 
 
@@ -97,20 +101,20 @@ def make_figure(path: Path, zoom: int = 5, columns: int = 3) -> None:
     options = RealDegradation()
     font = ImageFont.load_default(size=11)
     tile = SIDE // SCALE * zoom
-    text_height = 48
-    tiles = [(Image.fromarray(hr).resize((tile, tile), Image.Resampling.LANCZOS), ["HR crop", "(160x160)"])]
+    text_height = 60
+    tiles = [(Image.fromarray(hr).resize((tile, tile), Image.Resampling.LANCZOS), ["HR crop (160x160)"])]
     for seed in range(8):
         draw = options.draw(seed)
         lr = draw.apply(hr, SCALE)
-        tiles.append((Image.fromarray(lr).resize((tile, tile), Image.Resampling.NEAREST), [f"seed {seed}"] + caption(draw)))
+        enlarged = Image.fromarray(lr).resize((tile, tile), Image.Resampling.NEAREST)
+        tiles.append((enlarged, [f"seed {seed}"] + caption(draw)))
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (columns * (tile + 4), rows * (tile + text_height + 4)), "white")
     pen = ImageDraw.Draw(sheet)
     for i, (image, lines) in enumerate(tiles):
         x, y = (i % columns) * (tile + 4), (i // columns) * (tile + text_height + 4)
         sheet.paste(image, (x, y))
-        text = [f"{lines[0]}: {lines[1]}"] + lines[2:] if i else [f"{lines[0]} {lines[1]}"]
-        for k, line in enumerate(text):
+        for k, line in enumerate(lines):
             pen.text((x + 2, y + tile + 1 + 12 * k), line, fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
