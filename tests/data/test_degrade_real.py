@@ -151,6 +151,17 @@ def test_filter2d_against_brute_force() -> None:
     np.testing.assert_allclose(filter2d(image, kernel), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", [gaussian_kernel(15, 2.5, 0.8, 0.6), sinc_kernel(21, math.pi / 4),
+                                    plateau_kernel(11, 1.5, beta=1.3)])
+def test_large_kernels_through_the_fft_against_brute_force(kernel: np.ndarray) -> None:
+    image = np.random.default_rng(7).random((3, 70, 83)).astype(np.float32)  # big enough for the FFT path
+    pad = kernel.shape[0] // 2
+    padded = np.pad(image.astype(np.float64), ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape, axis=(1, 2))
+    expected = np.einsum("chwij,ij->chw", windows, kernel)
+    np.testing.assert_allclose(filter2d(image, kernel), expected, atol=1e-6)
+
+
 def test_separable_filter_equals_the_2d_filter() -> None:
     image = np.random.default_rng(2).random((3, 40, 50)).astype(np.float32)
     k = gaussian_kernel(13, 2.3)
