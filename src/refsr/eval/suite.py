@@ -366,8 +366,9 @@ def run_suite(
     if degradation == "real":
         notes.append(f"real-degraded LR: one Real-ESRGAN-style draw per pair, seed ({REAL_DEGRADATION_SEED}, "
                      "crc32(pair name)); references clean")
+    lr_note = ", real-degraded LR" if degradation == "real" else ""
     main = Table(
-        f"PSNR/SSIM, protocol {eval_protocol.name}, x{scale}" + (", real-degraded LR" if degradation == "real" else ""),
+        f"PSNR/SSIM, protocol {eval_protocol.name}, x{scale}{lr_note}",
         [m.label for m in methods],
         [c[1] for c in columns],
         notes=notes,

@@ -189,7 +189,7 @@ class TrainDataConfig:
                 if key in _given(self):
                     raise RefsrError(f"{path}.{key}: only used with degradation: real")
             return
-        from refsr.data.degrade_real import RealDegradation
+        from refsr.data.degrade import RealDegradation
 
         try:
             RealDegradation.from_options(self.degradation_options)
