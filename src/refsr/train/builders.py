@@ -205,6 +205,13 @@ def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Call
     # Crop after the augmentation: MASA's role swap exchanges input and reference first.
     if cfg.crop is not None and not aligned_first:
         steps.append(aug.PairedRandomCrop(cfg.crop // scale, ref=cfg.crop_ref))
+    # The real-world LR is made last, from the final HR crop, so that LR and HR stay aligned.
+    if cfg.degradation == "real":
+        from refsr.data.degrade import RealDegradation
+
+        ref_jpeg = cfg.ref_jpeg_range if cfg.ref_degradation == "jpeg" else None
+        steps.append(aug.RandomRealDegradation(RealDegradation.from_options(cfg.degradation_options),
+                                               ref_jpeg=ref_jpeg))
     return aug.Compose(*steps) if steps else None
 
 
