@@ -39,14 +39,15 @@ def _split(values: list[str] | None) -> list[str]:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refsr eval`` options to ``parser`` (a sub-parser of the ``refsr`` command)."""
-    from refsr.eval.datasets import DATASETS, EVAL_PROTOCOLS
+    from refsr.data.registry import EVAL_DATASETS
+    from refsr.eval.datasets import EVAL_PROTOCOLS
 
     parser.add_argument(
         "--dataset",
         action="append",
         required=True,
         metavar="NAME",
-        help=f"dataset(s), repeated or comma-separated: {', '.join(DATASETS)}; each is a column",
+        help=f"dataset(s), repeated or comma-separated: {', '.join(EVAL_DATASETS)}; each is a column",
     )
     parser.add_argument(
         "--root",
@@ -181,16 +182,17 @@ def main_eval(args: argparse.Namespace) -> int:
     Raises:
         RefsrError: any bad input (checked before the first image is processed where possible).
     """
-    from refsr.eval.datasets import DATASETS, check_degradation, get_eval_protocol
-    from refsr.eval.suite import _check_json_path, run_suite, write_json
+    from refsr.data.registry import EVAL_DATASETS
     from refsr.devices import resolve_device
+    from refsr.eval.datasets import check_degradation, get_eval_protocol
+    from refsr.eval.suite import _check_json_path, run_suite, write_json
     from refsr.inference import resolve_model
 
     datasets = _split(args.dataset)
     # Cheap checks first: a typo should not wait for the model's weights to load.
     for name in datasets:
-        if name.lower() not in DATASETS:
-            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        if name.lower() not in EVAL_DATASETS:
+            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(EVAL_DATASETS)}")
     protocol = get_eval_protocol(args.protocol)
     for name in datasets:
         check_degradation(args.degradation, name.lower())

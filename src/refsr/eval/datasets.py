@@ -1,18 +1,10 @@
-"""Evaluation datasets by name, and the protocols they are prepared and scored under.
+"""Evaluation datasets, and the protocols they are prepared and scored under.
 
-``refsr eval --dataset NAME`` picks one of :data:`DATASETS`:
-
-============  ====================================================  =========================================
-name          what                                                  ``--root``
-============  ====================================================  =========================================
-``cufed5``    :class:`refsr.data.cufed.CUFED5` (``level`` 1-5,      the CUFED5 folder or a parent of it
-              ``"stacked"`` or ``"lr"``)
-``sun80``     :class:`refsr.data.benchmarks.Sun80`                  the Sun80 folder or a parent of it
-``urban100``  :class:`refsr.data.benchmarks.Urban100` (LR as Ref)   the Urban100 folder or a parent of it
-``manga109``  :class:`refsr.data.benchmarks.Manga109`               the Manga109 folder or a parent of it
-``open``      :class:`refsr.data.open_pairs.OpenPairs`, the open    optional: the data cache
-              benchmark's real pairs (``kinds`` filter)             (``refsr data fetch`` fills it)
-============  ====================================================  =========================================
+``refsr eval --dataset NAME`` picks one of the test sets of the dataset registry
+(:data:`refsr.data.registry.EVAL_DATASETS`: ``cufed5`` with its reference ``level`` 1-5, ``"stacked"`` or
+``"lr"``; ``sun80``; ``urban100``, LR as reference; ``manga109``; ``open``, the open benchmark's real pairs
+with ``kinds`` and ``sources`` filters). ``--root`` is the dataset's folder; ``open``'s defaults to the data
+cache that ``refsr data fetch`` fills.
 
 ``degradation="real"`` (``refsr eval --degradation real``, open benchmark only) is the **real-degradation
 protocol**: every LR is remade from its HR by :func:`refsr.data.degrade.degrade_real` (Real-ESRGAN's
@@ -33,22 +25,21 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 from torch.utils.data import Dataset
 
 from refsr.data.degrade import RealDegradation, to_tensor
+from refsr.data.registry import DATASETS, EVAL_DATASETS, DatasetSpec, build_dataset, get_dataset_spec
 from refsr.errors import RefsrError
 from refsr.metrics import Protocol, get_protocol, quantize_uint8
 
 __all__ = [
-    "DATASETS",
     "DEGRADATIONS",
     "EVAL_PROTOCOLS",
     "REAL_DEGRADATION_SEED",
-    "DatasetSpec",
     "EvalProtocol",
     "RealDegradedPairs",
     "dataset_label",
@@ -130,93 +121,6 @@ def parse_level(level: Level) -> Level:
     raise RefsrError(f"unknown CUFED5 level {level!r}; use 1, 2, 3, 4, 5, stacked or lr")
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One entry of :data:`DATASETS`.
-
-    Attributes:
-        name: what ``--dataset`` takes.
-        label: the column title in tables (as the papers spell it).
-        needs_root: whether ``--root`` must be given.
-        expected: what ``--root`` should point at, for error messages.
-        build: ``build(root, protocol, scale, options) -> Dataset``.
-    """
-
-    name: str
-    label: str
-    needs_root: bool
-    expected: str
-    build: Callable[[PathLike | None, str, int, dict[str, Any]], Dataset]
-
-
-def _cufed5(root: PathLike | None, protocol: str, scale: int, options: dict[str, Any]) -> Dataset:
-    from refsr.data.cufed import CUFED5
-
-    return CUFED5(
-        root,
-        level=parse_level(options.get("level", 1)),
-        protocol=protocol,
-        scale=scale,
-        seed=int(options.get("seed", 0)),
-    )
-
-
-def _sun80(root: PathLike | None, protocol: str, scale: int, options: dict[str, Any]) -> Dataset:
-    from refsr.data.benchmarks import Sun80
-
-    return Sun80(root, protocol=protocol, scale=scale, seed=int(options.get("seed", 0)))
-
-
-def _urban100(root: PathLike | None, protocol: str, scale: int, options: dict[str, Any]) -> Dataset:
-    from refsr.data.benchmarks import Urban100
-
-    return Urban100(root, protocol=protocol, scale=scale, seed=int(options.get("seed", 0)))
-
-
-def _manga109(root: PathLike | None, protocol: str, scale: int, options: dict[str, Any]) -> Dataset:
-    from refsr.data.benchmarks import Manga109
-
-    return Manga109(root, protocol=protocol, scale=scale, seed=int(options.get("seed", 0)))
-
-
-def _open(root: PathLike | None, protocol: str, scale: int, options: dict[str, Any]) -> Dataset:
-    from refsr.data.open_pairs import OpenPairs
-
-    # MASA's test loader makes LR sides divisible by 8 and AMSA mod-crops the HR to 8 * scale; C2 and TTSR
-    # only need the HR to divide by the scale (OpenPairs' default, lcm(4, scale)).
-    multiple = 8 * scale if protocol in ("masa", "amsa") else None
-    return OpenPairs(
-        root,
-        split=options.get("split", "eval"),
-        kinds=options.get("kinds"),
-        sources=options.get("sources"),
-        scale=scale,
-        multiple=multiple,
-        with_ref_down=True,
-    )
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "cufed5": DatasetSpec(
-        "cufed5", "CUFED5", True, "the CUFED5 folder (XXX_0.png ... XXX_5.png) or a parent", _cufed5
-    ),
-    "sun80": DatasetSpec(
-        "sun80",
-        "Sun80",
-        True,
-        "the folder with Sun_Hays_SR_groundtruth/ and Sun_Hays_SR_scenematches/",
-        _sun80,
-    ),
-    "urban100": DatasetSpec(
-        "urban100", "Urban100", True, "a folder of Urban100 HR images (or its HR/)", _urban100
-    ),
-    "manga109": DatasetSpec(
-        "manga109", "Manga109", True, "a folder of Manga109 HR images (or its HR/)", _manga109
-    ),
-    "open": DatasetSpec("open", "Open", False, "the open-benchmark data cache ('refsr data fetch')", _open),
-}
-
-
 def pair_seed(name: str, base_seed: int = REAL_DEGRADATION_SEED) -> tuple[int, int]:
     """The real-degradation seed of the pair called ``name``: ``(base_seed, crc32(name as UTF-8))``."""
     return (int(base_seed), zlib.crc32(str(name).encode("utf-8")))
@@ -266,10 +170,11 @@ class RealDegradedPairs(Dataset):
 
 
 def _spec(name: str) -> DatasetSpec:
-    spec = DATASETS.get(str(name).strip().lower())
-    if spec is None:
-        raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
-    return spec
+    key = str(name).strip().lower()
+    if key not in EVAL_DATASETS:
+        what = "a training set" if key in DATASETS else "not a dataset"
+        raise RefsrError(f"unknown dataset {name!r} ({what}); use one of {', '.join(EVAL_DATASETS)}")
+    return get_dataset_spec(key)
 
 
 def dataset_label(name: str, *, level: Level = 1, kinds: Sequence[str] | None = None) -> str:
@@ -280,7 +185,7 @@ def dataset_label(name: str, *, level: Level = 1, kinds: Sequence[str] | None = 
         return f"CUFED5 ({'L' + str(level) if isinstance(level, int) else level})"
     if spec.name == "open" and kinds:
         return f"Open ({', '.join(kinds)})"
-    return spec.label
+    return spec.eval_label  # type: ignore[return-value]
 
 
 def make_dataset(
@@ -298,7 +203,7 @@ def make_dataset(
     """The dataset called ``name``, prepared under ``protocol``'s size rule.
 
     Args:
-        name: one of :data:`DATASETS` (case-insensitive).
+        name: one of :data:`refsr.data.registry.EVAL_DATASETS` (case-insensitive).
         root: where the dataset is; required except for ``"open"``, whose default is the data cache.
         protocol: an evaluation protocol name (see :data:`EVAL_PROTOCOLS`) or object.
         scale: the SR factor (the model's).
@@ -321,8 +226,8 @@ def make_dataset(
     """
     spec = _spec(name)
     eval_protocol = get_eval_protocol(protocol)
-    if spec.needs_root and (root is None or str(root) == ""):
-        raise RefsrError(f"dataset {spec.name} needs --root: {spec.expected}")
+    if spec.root_required and (root is None or str(root) == ""):
+        raise RefsrError(f"dataset {spec.name} needs --root: {spec.root_hint}")
     if kinds is not None and spec.name != "open":
         raise RefsrError(f"--kinds applies to the open benchmark only, not to {spec.name}")
     if sources is not None and spec.name != "open":
@@ -332,13 +237,17 @@ def make_dataset(
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise RefsrError(f"scale must be a positive integer, got {scale!r}")
     degradation = check_degradation(degradation, spec.name)
-    options = {
-        "level": level,
-        "kinds": list(kinds) if kinds else None,
-        "sources": list(sources) if sources else None,
-        "seed": seed,
-    }
-    dataset = spec.build(root, eval_protocol.data, scale, options)
+    options: dict[str, Any] = {}
+    if spec.name == "cufed5":
+        options["level"] = parse_level(level)
+    if spec.name == "open":
+        options.update(split="eval", kinds=list(kinds) if kinds else None, sources=list(sources) if sources else None)
+        # MASA's test loader makes LR sides divisible by 8 and AMSA mod-crops the HR to 8 * scale; C2 and TTSR
+        # only need the HR to divide by the scale (OpenPairs' default, lcm(4, scale)).
+        if eval_protocol.data in ("masa", "amsa"):
+            options["multiple"] = 8 * scale
+    dataset = build_dataset(spec.name, root, options, seed=seed, scale=scale, protocol=eval_protocol.data,
+                            path=f"--dataset {spec.name}")
     return RealDegradedPairs(dataset, scale) if degradation == "real" else dataset
 
 

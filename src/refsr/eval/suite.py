@@ -32,9 +32,9 @@ from typing import Any, Union
 import torch
 
 import refsr
+from refsr.data.registry import EVAL_DATASETS
 from refsr.errors import RefsrError
 from refsr.eval.datasets import (
-    DATASETS,
     REAL_DEGRADATION_SEED,
     EvalProtocol,
     Level,
@@ -238,7 +238,7 @@ def run_suite(
 
     Args:
         model: the model under test (its ``scale`` sets the datasets' scale).
-        datasets: names from :data:`refsr.eval.datasets.DATASETS`; each becomes a column.
+        datasets: names from :data:`refsr.data.registry.EVAL_DATASETS`; each becomes a column.
         roots: one folder per dataset, or one folder for all (``open`` then uses the data cache).
         protocol: ``"masa"``, ``"ttsr"``, ``"c2"``, ``"amsa"`` or ``"datsr"``.
         model_label: the model's row title (default: its class name).
@@ -265,10 +265,10 @@ def run_suite(
     eval_protocol = get_eval_protocol(protocol)
     names = [str(n).strip().lower() for n in datasets]
     if not names:
-        raise RefsrError("no dataset given; use --dataset NAME (one of " + ", ".join(DATASETS) + ")")
+        raise RefsrError("no dataset given; use --dataset NAME (one of " + ", ".join(EVAL_DATASETS) + ")")
     for name in names:
-        if name not in DATASETS:
-            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        if name not in EVAL_DATASETS:
+            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(EVAL_DATASETS)}")
     if len(set(names)) != len(names):
         raise RefsrError("a dataset is named twice; give each --dataset once")
     paired_roots = _pair_roots(names, roots)

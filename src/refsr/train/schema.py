@@ -210,7 +210,7 @@ class DatasetSection(_Section):
 class SourceConfig(DatasetSection):
     """One training dataset; any other key is an option of the dataset (checked against its signature)."""
 
-    dataset: str = Field(description="a dataset name (see refsr.train.builders.DATASETS)")
+    dataset: str = Field(description="a dataset name (see refsr.data.registry.DATASETS)")
     root: str | None = Field(None, description="the dataset's folder; null: refsr's data cache where the "
                                                "dataset has one")
     weight: Float | None = Field(None, ge=0.0, description="share of each epoch's samples drawn from this "
