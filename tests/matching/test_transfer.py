@@ -187,5 +187,17 @@ def test_module_wrapper_and_errors():
         masa_transfer(corr, refs[:2])
     with pytest.raises(RefsrError):
         masa_transfer(corr, [refs[0], refs[2], refs[1]])  # sizes do not fit the scales
-    with pytest.raises(RefsrError):
-        masa_transfer(corr, [r.float() for r in refs])
+    with pytest.raises(RefsrError, match="floating point"):
+        masa_transfer(corr, [(r * 10).long() for r in refs])
+
+
+def test_maps_of_another_dtype_than_the_score():
+    """A bfloat16 or float32 model matches in float32 or float64: each output takes its map's dtype and
+    equals the transfer in the score's dtype, rounded."""
+    corr, refs = mem_case(9, 1, 2, 16, 16, 12, 12)
+    expected = masa_transfer(corr, refs)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
+        outputs = masa_transfer(corr, [r.to(dtype) for r in refs])
+        for out, want in zip(outputs, expected):
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double(), want, rtol=tolerance, atol=tolerance * want.abs().max().item())

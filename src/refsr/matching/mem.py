@@ -36,7 +36,15 @@ from refsr.matching.block_search import (
 )
 from refsr.matching.correspondence import Correspondence
 
-__all__ = ["MEMGeometry", "mem_geometry", "match_mem", "MEMMatcher", "DEFAULT_MAX_BYTES", "COARSE_SEARCHES"]
+__all__ = [
+    "MEMGeometry",
+    "mem_geometry",
+    "match_mem",
+    "crop_mem_correspondence",
+    "MEMMatcher",
+    "DEFAULT_MAX_BYTES",
+    "COARSE_SEARCHES",
+]
 
 #: The coarse searches of :func:`match_mem`.
 COARSE_SEARCHES = ("exact", "fast")
@@ -408,6 +416,41 @@ def match_mem(
         "geometry": geometry,
     }
     return Correspondence(index=global_index, score=score, key_size=(height, width), extras=extras)
+
+
+def crop_mem_correspondence(corr: Correspondence, top: int, left: int, height: int, width: int) -> Correspondence:
+    """The part of a :func:`match_mem` correspondence that covers LR rows ``top:top+height`` and columns
+    ``left:left+width``, a region of whole blocks: what ``match_mem`` of the whole image says about it.
+
+    Everything downstream of MEM works block by block (:func:`refsr.matching.transfer.masa_transfer`
+    transfers each block from its own window), so transferring the crop gives the same values as cropping
+    the whole image's transfer, and a whole-image correspondence can be computed once and used by tiles.
+    """
+    k = int(corr.extras["block_size"])
+    if top % k or left % k or height % k or width % k or height < k or width < k:
+        raise RefsrError(f"crop_mem_correspondence needs whole {k}x{k} blocks; got rows {top}+{height}, "
+                         f"columns {left}+{width}")
+    py, px = corr.extras["block_grid"]
+    rows, cols = slice(top // k, (top + height) // k), slice(left // k, (left + width) // k)
+    if rows.stop > py or cols.stop > px:
+        raise RefsrError(f"the region {top}+{height} x {left}+{width} is outside the {py * k}x{px * k} LR map")
+    n = corr.index.shape[0]
+    grid = (rows.stop - rows.start, cols.stop - cols.start)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        """``(N, py*px, ...)`` -> the region's blocks, row-major."""
+        return t.reshape(n, py, px, *t.shape[2:])[:, rows, cols].reshape(n, grid[0] * grid[1], *t.shape[2:])
+
+    extras = dict(corr.extras)
+    extras.update(
+        block_grid=grid,
+        window_origin=blocks(corr.extras["window_origin"]),
+        local_index=blocks(corr.extras["local_index"]),
+        coarse_index=blocks(corr.extras["coarse_index"]),
+        coarse_score=blocks(corr.extras["coarse_score"]),
+    )
+    region = (slice(None), slice(top, top + height), slice(left, left + width))
+    return Correspondence(index=corr.index[region], score=corr.score[region], key_size=corr.key_size, extras=extras)
 
 
 class MEMMatcher(nn.Module):

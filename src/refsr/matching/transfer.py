@@ -61,8 +61,9 @@ def masa_transfer(
         corr: the result of :func:`~refsr.matching.mem.match_mem` for LR ``(N, C, h, w)`` and Ref↓
             ``(N, C, H, W)``; its ``extras`` must hold ``block_size``, ``block_grid``, ``window_origin``,
             ``window_size`` and ``local_index``.
-        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``, same float dtype as ``corr.score``
-            (MASA: the Ref encoder's L3, L2, L1 for scales 1, 2, 4).
+        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``, any float dtype (MASA: the Ref encoder's
+            L3, L2, L1 for scales 1, 2, 4); each output has its map's dtype. The attention is resized in the
+            score's dtype (matching runs in float32 for a bfloat16 model) and then cast.
         scales: the integer scale ``s`` of each map, relative to Ref↓.
 
     Returns:
@@ -130,8 +131,8 @@ def masa_transfer(
                 f"Ref features for scale {s} must be (N={n}, C, {s * height}, {s * width}); "
                 f"got {tuple(ref.shape)}"
             )
-        if ref.dtype != corr.score.dtype:
-            raise RefsrError(f"Ref features must have the score's dtype {corr.score.dtype}; got {ref.dtype}")
+        if not ref.is_floating_point():
+            raise RefsrError(f"Ref features must be floating point; got {ref.dtype}")
         channels = ref.shape[1]
         ref_h, ref_w = s * height, s * width
         # The Ref map as rows of C values, one row per pixel (a channels-last copy; reshape alone may
@@ -149,7 +150,7 @@ def masa_transfer(
         attention = _blocks_to_map(attention.view(n, num_blocks, k * s, k * s), (py, px))  # (N, h*s, w*s)
         # out = (sum of present rows) / count * attention, as one weighted sum per output pixel:
         # embedding_bag gathers and sums in one pass, without 9 output-sized intermediates.
-        scale = attention.view(n, h, s, w, s) / count.to(ref.dtype)
+        scale = (attention.view(n, h, s, w, s) / count.to(attention.dtype)).to(ref.dtype)
         weights = source_present.to(ref.dtype) * scale[..., None]  # (N, h, s, w, s, 9)
         out = F.embedding_bag(source.view(-1, 9), table, per_sample_weights=weights.view(-1, 9), mode="sum")
         del table, source, weights
