@@ -221,14 +221,25 @@ def test_large_lr_without_reference_takes_a_self_reference_per_tile() -> None:
         upscale(lr, pil_bicubic_x4(lr), model=probe, max_memory=budget)
 
 
-def test_masa_lite_tiles_are_seamless(lite) -> None:
-    """Tiled against untiled on a real photo: PSNR >= 45 dB (the issue's bound), over two 96-pixel tiles."""
-    lr = load_photo("astronaut.png")[:96, :144]
-    ref = load_photo("coffee.png")[:160, :192]
-    whole = upscale(lr, ref, model=lite)
-    tiled = upscale(lr, ref, model=lite, tile=96)
-    assert psnr(tiled, whole) >= 45
-    assert not np.array_equal(tiled, whole)  # it really tiled (SAM statistics and MEM windows are per tile)
+@pytest.mark.parametrize("precision, bound", [("fp32", 90.0), ("bf16", 50.0)])
+def test_masa_lite_tiles_equal_the_whole_image(precision, bound) -> None:
+    """The shipped default model on a 176x96 LR (the issue's case, 44.2 dB at tile 96 before): tiled and
+    untiled agree to >= 50 dB at every tile size (float32: to rounding), and the difference shows no seam."""
+    photo = load_photo("astronaut.png")
+    lr = photo[8:104, 16:192]
+    ref = pil_bicubic_x4(photo)[:400, :480]
+    whole = upscale(lr, ref, precision=precision)
+    for tile in (16, 40, 96):
+        tiled = upscale(lr, ref, tile=tile, precision=precision)
+        assert psnr(tiled, whole) >= bound, tile
+        # No seam: the difference is no larger along the tile borders than elsewhere.
+        diff = np.abs(tiled.astype(np.float64) - whole).sum(axis=2)
+        borders = np.zeros(diff.shape, dtype=bool)
+        for edge in range(4 * tile, diff.shape[0], 4 * tile):
+            borders[edge - 2 : edge + 2] = True
+        for edge in range(4 * tile, diff.shape[1], 4 * tile):
+            borders[:, edge - 2 : edge + 2] = True
+        assert diff[borders].mean() <= 2 * diff.mean() + 1e-3, tile
 
 
 def test_reference_cache_gives_the_same_output(small) -> None:

@@ -24,6 +24,7 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -39,7 +40,7 @@ from refsr.errors import RefsrError
 from refsr.hub import create_model
 from refsr.imresize import imresize
 from refsr.io import _to_rgb8, read_image
-from refsr.devices import resolve_device
+from refsr.devices import resolve_device, resolve_precision
 from refsr.models import DEFAULT_MODEL, MemoryCost, RefSRModel, get_entry, list_models
 from refsr.models._base import pad_inputs
 from refsr.models._size import SizeRule, pad_to_rule, padded_size
@@ -55,6 +56,7 @@ __all__ = [
     "choose_tile",
     "TilePlan",
     "DEFAULT_MAX_MEMORY",
+    "DEFAULT_MATCHING",
     "MULTI_REF_MODES",
 ]
 
@@ -62,6 +64,12 @@ ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 
 #: The default memory budget of :func:`upscale` and ``refsr upscale`` (peak RSS of the whole process).
 DEFAULT_MAX_MEMORY = 4 * 2**30
+
+#: The matching :func:`upscale` asks of models that offer a choice (``model.matching_modes``, e.g. MASA's
+#: exact or indexed coarse search). "fast" costs no measurable quality (``benchmarks/upscale.py --quality``:
+#: within 0.05 dB of "exact" on every kind of the open eval split) and its time grows linearly with the
+#: image instead of with LR x reference pixels.
+DEFAULT_MATCHING = "fast"
 
 #: The ways of using several references.
 MULTI_REF_MODES = ("stitch", "per-tile", "auto")
@@ -452,6 +460,8 @@ def upscale(
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     multi_ref: str = "auto",
     progress: bool | None = None,
+    matching: str | None = None,
+    precision: str = "auto",
 ) -> Image.Image | np.ndarray:
     """Super-resolve ``lr`` with the help of ``ref``.
 
@@ -473,6 +483,11 @@ def upscale(
         multi_ref: with several references, ``"stitch"`` (stacked into one, as MASA's multi-reference test),
             ``"per-tile"`` (each tile uses the reference it matches best) or ``"auto"``.
         progress: a progress bar over tiles on stderr; ``None``: only when stderr is a terminal.
+        matching: for models that offer a choice (``model.matching_modes``: MASA's ``"exact"`` or
+            ``"fast"`` coarse search), which one; ``None``: :data:`DEFAULT_MATCHING`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bfloat16 on CPUs with bfloat16 hardware, for
+            models that run in it: :func:`refsr.devices.resolve_precision`). A model passed as a module is
+            converted on a copy; the caller's stays as it is.
 
     Returns:
         The SR image, ``scale`` times larger: a PIL image (RGB) for PIL input, otherwise an ``HxWx3`` uint8
@@ -486,8 +501,13 @@ def upscale(
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
     net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
+    matching = _resolve_matching(matching, net)
+    dtype = resolve_precision(precision, dev, net.precisions)
+    if dtype != torch.float32:
+        net = copy.deepcopy(net).to(dtype) if isinstance(model, torch.nn.Module) else net.to(dtype)
     rule, scale = net.size_rule, net.scale
 
+    # Inputs stay float32: a model in another dtype casts them itself (MASA keeps the bicubic skip in float32).
     x = image_to_tensor(lr).to(dev)
     padded = pad_inputs(net, x)
     refs: list[torch.Tensor] = []
@@ -517,20 +537,62 @@ def upscale(
         # reference shrinks with the tile, so some tile size fits.
         refs.clear()
         plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
-        run_tile = _local_self_reference_runner(net, scale)
+        run_tile = _local_self_reference_runner(net, scale, matching)
+    elif plan.tile is not None and net.tiles_exactly and len(refs) == 1:
+        # The model tiles itself, exactly (MASA: stage by stage, whole-image matching and statistics).
+        cache = net.encode_reference(refs[0], strip_rows=_strip_rows(refs[0].shape[-1]), **matching)
+        refs.clear()
+        out = _run_exact_tiles(net, cache, xp, plan.tile, padded, matching, progress)
+        return Image.fromarray(out) if isinstance(lr, Image.Image) else out
     else:
-        run_tile = _tile_runner(net, refs, mode)
+        run_tile = _tile_runner(net, refs, mode, matching)
     del refs
     if plan.tile is None:
         sr = run_tile(xp)
     else:
         sr = _run_tiled(run_tile, xp, scale, plan, progress)
     del run_tile, xp
-    sr = padded.crop(sr)
+    sr = padded.crop(sr).float()
     # In place: at 4096^2 every float copy of the output is 200 MB.
     out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     del sr
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+
+
+def _resolve_matching(matching: str | None, net: RefSRModel) -> dict[str, str]:
+    """The ``matching=`` keyword for the model's calls: empty for models without a choice."""
+    if not net.matching_modes:
+        if matching is not None:
+            raise RefsrError(f"this model ({type(net).__name__}) has no choice of matching; leave matching unset")
+        return {}
+    matching = DEFAULT_MATCHING if matching is None else matching
+    if matching not in net.matching_modes:
+        raise RefsrError(f"unknown matching {matching!r}; use one of {', '.join(net.matching_modes)}")
+    return {"matching": matching}
+
+
+def _run_exact_tiles(net: RefSRModel, cache: Any, lr: torch.Tensor, tile: int, padded: Any,
+                     matching: dict[str, str], progress: bool | None) -> np.ndarray:
+    """``net.forward_tiled`` on the padded LR, its tiles written straight into the cropped uint8 result."""
+    (top, left), (h, w), s = padded.offset, padded.size, padded.scale
+    out = np.empty((h * s, w * s, 3), dtype=np.uint8)
+    crop_top, crop_left = top * s, left * s
+
+    def write(y: int, x: int, sr: torch.Tensor) -> None:
+        # The part of this output tile inside the crop, in the tile's and in the result's coordinates.
+        y0, x0 = max(y, crop_top), max(x, crop_left)
+        y1, x1 = min(y + sr.shape[-2], crop_top + h * s), min(x + sr.shape[-1], crop_left + w * s)
+        if y1 > y0 and x1 > x0:
+            part = sr[..., y0 - y : y1 - y, x0 - x : x1 - x]
+            out[y0 - crop_top : y1 - crop_top, x0 - crop_left : x1 - crop_left] = tensor_to_image(part.float())
+
+    with _progress(0, progress, "tiles") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        net.forward_tiled(lr, cache, tile=tile, write=write, progress=advance, **matching)
+    return out
 
 
 def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], scale: int,
@@ -553,13 +615,14 @@ def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], sca
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def _local_self_reference_runner(net: RefSRModel, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _local_self_reference_runner(net: RefSRModel, scale: int,
+                                 matching: dict[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
     rule = net.size_rule
 
     def run(tile: torch.Tensor) -> torch.Tensor:
         ref = _self_reference(tile, scale)
         ref = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0]
-        return net(tile, ref)
+        return net(tile, ref, **matching)
 
     return run
 
@@ -576,23 +639,24 @@ def _strip_pixels(net: RefSRModel, ref: torch.Tensor) -> int:
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def _tile_runner(net: RefSRModel, refs: list[torch.Tensor], mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _tile_runner(net: RefSRModel, refs: list[torch.Tensor], mode: str,
+                 matching: dict[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` with the references prepared once."""
     if not refs:
-        return lambda tile: net(tile, None)
+        return lambda tile: net(tile, None, **matching)
     if not net.caches_reference:
         ref = refs[0]
-        return lambda tile: net(tile, ref)
-    caches = [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
+        return lambda tile: net(tile, ref, **matching)
+    caches = [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1]), **matching) for r in refs]
     refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
     if len(caches) == 1:
         cache = caches[0]
-        return lambda tile: net(tile, reference_cache=cache)
+        return lambda tile: net(tile, reference_cache=cache, **matching)
 
     def per_tile(tile: torch.Tensor) -> torch.Tensor:
         # Matching is cheap next to decoding: match the tile against every reference, decode with the best.
-        scores = [float(net.match_reference(tile, c).score.mean()) for c in caches]
+        scores = [float(net.match_reference(tile, c, **matching).score.mean()) for c in caches]
         best = int(np.argmax(scores))
-        return net(tile, reference_cache=caches[best])
+        return net(tile, reference_cache=caches[best], **matching)
 
     return per_tile

@@ -25,14 +25,17 @@ Search (:func:`search_blocks`, per LR image):
 4. **Exact scores.** Every key position of the probed clusters is scored with its *exact* descriptor,
    gathered from the Ref↓ map (one small matrix product per cluster with the blocks that probe it). The
    projection only decides where to look: among the positions looked at, the winner is the exact one.
-5. **Refine.** The exact scores of the ``(2r + 1)²`` positions around each winner, repeated while the winner
-   moves: the best position's neighbour can fall in a cluster that was not probed.
+5. **Propagation** (PatchMatch's, over the block grid): each block also scores its four neighbours'
+   winners, as they are and moved back by one block width.
+6. **Refinement.** A few hill-climbing steps over the ``(2r + 1)²`` positions around each winner: the best
+   position's neighbour can sit in a cluster that was not probed.
 
-Measured on masa-lite features of three real photo pairs (LR 256², Ref 1024², every block): the exact best
-position is found for 99.6-100 % of the blocks, and where it is not, the found score is within 1e-4 of the
-best (a near-tie in flat regions such as sky); ``tests/matching/test_block_search.py`` checks >= 99 % on a
-real photo and the whole search against brute force. Ties go to the lowest flat position, as in the exact
-search.
+Measured on masa-lite features of real photo pairs (``benchmarks/upscale.py --recall``; every block, or a
+sample against brute force): at 32 probes the exact best position is found for 99.0-100 % of the blocks,
+and where it is not the found score is within 1e-5 of the best for all but 0.05-0.2 % (a float-rounding
+tie: the exact search convolves, this one multiplies matrices, so near-equal scores can swap). The test
+(``tests/matching/test_block_search.py``) asks for >= 99 % on a real photo and checks the whole search
+against brute force. Ties go to the lowest flat position, as in the exact search.
 
 Cost per block: ``clusters x proxy_dim`` to probe plus ``probes x cluster_size x D`` for the exact scores,
 independent of the reference size once the cluster size is fixed; building the index costs
@@ -315,31 +318,23 @@ def _propagate(index: BlockIndex, queries: torch.Tensor, best_score: torch.Tenso
 
 
 def _refine(index: BlockIndex, queries: torch.Tensor, best_score: torch.Tensor, best_position: torch.Tensor,
-            radius: int) -> None:
-    """Hill-climb each block's winner over its ``(2r+1)²`` neighbourhood, exact scores, until it stays."""
+            radius: int, steps: int) -> None:
+    """Hill-climb each block's winner over its ``(2r+1)²`` neighbourhood (exact scores), at most ``steps``
+    times: enough for a neighbour that sits in an unprobed cluster, without walking across flat regions."""
     height, width = index.size
-    steps = torch.arange(-radius, radius + 1, device=queries.device)
-    dy, dx = (v.flatten() for v in torch.meshgrid(steps, steps, indexing="ij"))
-    per_block = dy.numel() * queries.shape[1] * 4
-    chunk = max(1, _CHUNK_BYTES // per_block)
+    offsets = torch.arange(-radius, radius + 1, device=queries.device)
+    dy, dx = (v.flatten() for v in torch.meshgrid(offsets, offsets, indexing="ij"))
     active = torch.arange(queries.shape[0], device=queries.device)
-    while active.numel():
-        moved = []
-        for start in range(0, active.numel(), chunk):
-            rows = active[start : start + chunk]
-            y = (best_position[rows] // width)[:, None] + dy
-            x = (best_position[rows] % width)[:, None] + dx
-            inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
-            candidates = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1))  # (B, taps)
-            scores = torch.einsum("bkd,bd->bk", index.descriptors(candidates), queries[rows])
-            scores = scores.masked_fill(~inside, float("-inf"))
-            # The lowest position among equal scores: candidates are in ascending position order.
-            value, at = scores.max(dim=1)
-            position = candidates.gather(1, at[:, None])[:, 0]
-            before = best_position[rows].clone()
-            _take_better(best_score, best_position, rows, value, position)
-            moved.append(rows[best_position[rows] != before])
-        active = torch.cat(moved)
+    for _ in range(steps):
+        if active.numel() == 0:
+            break
+        y = (best_position[active] // width)[:, None] + dy
+        x = (best_position[active] % width)[:, None] + dx
+        inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+        candidates = y.clamp(0, height - 1) * width + x.clamp(0, width - 1)  # ascending positions
+        before = best_position[active].clone()
+        _score_candidates(index, queries, best_score, best_position, active, candidates, inside)
+        active = active[best_position[active] != before]
 
 
 @torch.no_grad()
@@ -349,6 +344,7 @@ def search_blocks(
     *,
     probes: int = DEFAULT_PROBES,
     refine_radius: int = 1,
+    refine_steps: int = 3,
     grid: tuple[int, int] | None = None,
     step: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,6 +356,11 @@ def search_blocks(
             3x3 taps row-major, each a run of ``C`` channels).
         probes: clusters searched per query.
         refine_radius: the neighbourhood of the final hill-climb (0: none).
+        refine_steps: at most this many hill-climbing steps.
+        grid: ``(rows, columns)`` of the blocks (the queries in row-major order), for the propagation: each
+            block also tries its four neighbours' winners, as they are and moved back by ``step`` key
+            pixels (a block's width at the same scale). ``None``: no propagation.
+        step: see ``grid``.
 
     Returns:
         ``position (B,)`` int64 flat key positions ``y * W + x`` and their exact ``score (B,)``.
@@ -389,7 +390,7 @@ def search_blocks(
     if grid is not None:
         _propagate(index, queries, best_score, best_position, grid, step)
     if refine_radius > 0:
-        _refine(index, queries, best_score, best_position, refine_radius)
+        _refine(index, queries, best_score, best_position, refine_radius, refine_steps)
     return best_position, best_score
 
 

@@ -489,6 +489,9 @@ class MASA(RefSRModel):
     takes_ref_down = True
     caches_reference = True
     exposes_correspondence = True
+    matching_modes = COARSE_SEARCHES
+    precisions = ("fp32", "bf16")
+    tiles_exactly = True
 
     def __init__(
         self,
@@ -700,6 +703,12 @@ class MASA(RefSRModel):
         if ref_down is not None and tuple(ref_down.shape) != expected:
             raise RefsrError(f"ref_down must be the Ref at 1/4 size, {expected}; got {tuple(ref_down.shape)}")
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network computes in: its parameters'. Inputs of another float dtype are cast to it;
+        the output has the LR's dtype (the bicubic skip is added in it)."""
+        return self.conv_out.weight.dtype
+
     @staticmethod
     def _layout(device: torch.device) -> torch.memory_format:
         # On the CPU, oneDNN's convolutions are markedly faster on channels-last tensors (measured 1.4x
@@ -775,9 +784,8 @@ class MASA(RefSRModel):
         self._check_inputs(stand_in, ref, ref_down)
         if ref_down is None:
             ref_down = self.make_ref_down(ref)
-        ref_down = ref_down.to(ref.dtype)
         layout = self._layout(ref.device)
-        ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+        ref, ref_down = (x.to(self.compute_dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
         ref_down_feat = self.encoder.level1(ref_down)
         block_index = None
         if self._matching(matching) == "fast" and index_saves_work(ref_down_feat.shape[-2] * ref_down_feat.shape[-1]):
@@ -798,7 +806,7 @@ class MASA(RefSRModel):
         of several references suits an LR best (``corr.score``, cosines in [-1, 1], higher is better).
         """
         self._check_inputs(lr, None, None)
-        lr_feat = self.encoder.level1(lr.contiguous(memory_format=self._layout(lr.device)))
+        lr_feat = self.encoder.level1(lr.to(self.compute_dtype).contiguous(memory_format=self._layout(lr.device)))
         return self.match(lr_feat, reference_cache.ref_down_feat, matching=matching,
                           key_index=reference_cache.block_index)
 
@@ -842,14 +850,14 @@ class MASA(RefSRModel):
                     f"and {reference_cache.batch_size}"
                 )
         layout = self._layout(lr.device)
+        dtype = self.compute_dtype
         lr = lr.contiguous(memory_format=layout)
-        lr_feats = self.encoder(lr)
+        lr_feats = self.encoder(lr.to(dtype))
         key_index = None
         if reference_cache is None:
             if ref_down is None:
                 ref_down = self.make_ref_down(ref)
-            ref_down = ref_down.to(ref.dtype)
-            ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+            ref, ref_down = (x.to(dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
             ref_down_feat, ref_feats = self.encoder.level1(ref_down), self.encoder(ref)
         else:
             ref_down_feat, ref_feats = reference_cache.ref_down_feat, reference_cache.ref_feats
@@ -860,7 +868,9 @@ class MASA(RefSRModel):
         del ref_feats  # the largest tensors of the forward pass; the decoder does not need them
         sr = self.decode(lr_feats, textures)
         del textures
-        sr = sr + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
+        # The residual in the network's dtype, the skip and the sum in the input's (a float32 LR keeps its
+        # 8-bit values exactly; bfloat16 would round them).
+        sr = sr.to(lr.dtype) + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
         return (sr.contiguous(), corr) if return_correspondence else sr.contiguous()
 
     # ------------------------------------------------------------------ whole images in tiles
@@ -946,12 +956,13 @@ class MASA(RefSRModel):
                 progress(done, total)
 
         def new_map(scale: int) -> torch.Tensor:
-            return lr.new_empty(n, nf, h * scale, w * scale).contiguous(memory_format=layout)
+            return lr.new_empty(n, nf, h * scale, w * scale, dtype=self.compute_dtype).contiguous(memory_format=layout)
 
         # 1. The LR encoder and U-Net: first-level features for MEM, the U-Net output for the x1 fusion.
         level1, unet = new_map(1), new_map(1)
+        dtype = self.compute_dtype
         for core, outer in plans[0]:
-            feats = self.encoder(lr[_box(outer)])
+            feats = self.encoder(lr[_box(outer)].to(dtype))
             level1[_box(core)] = feats[0][_inner(core, outer)]
             unet[_box(core)] = self.lr_decoder(feats)[_inner(core, outer)]
             del feats
@@ -1005,7 +1016,8 @@ class MASA(RefSRModel):
         stats = statistics(fused2, 4, plans[3])
         for core, outer in plans[3]:
             out = self.conv_out(self._fuse_up(self.fuse_x4, fused2[_box(outer, 2)], texture(4, outer), stats))
-            out = out + F.interpolate(lr[_box(outer)], scale_factor=_SCALE, mode="bicubic", align_corners=False)
+            out = out.to(lr.dtype) + F.interpolate(lr[_box(outer)], scale_factor=_SCALE, mode="bicubic",
+                                                   align_corners=False)
             write(core[0] * _SCALE, core[2] * _SCALE, out[_inner(core, outer, _SCALE)].contiguous())
             del out
             step()
