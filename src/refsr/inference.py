@@ -76,7 +76,7 @@ MULTI_REF_MODES = ("stitch", "per-tile", "auto")
 
 #: Models that encode their reference once (``encode_reference(..., strip_rows=)``) do it in horizontal strips
 #: of about this many pixels, so that a large reference costs its cached features plus one strip.
-REF_STRIP_PIXELS = 2**19
+REF_STRIP_PIXELS = 2**20
 
 #: What ``multi_ref="auto"`` does. Measured (``benchmarks/upscale.py --multi-ref``: 7 open video pairs, the
 #: pair's own reference plus one from another video, masa-lite after 400 training iterations, 128-pixel
@@ -249,7 +249,10 @@ def predict_peak_memory(
     """
     ref_down = ref_pixels / 16 if ref_down_pixels is None else ref_down_pixels
     tile_pixels = tile_size[0] * tile_size[1]
-    base = cost.fixed + cost.per_parameter * parameters + cost.per_image_pixel * image_size[0] * image_size[1]
+    image_pixels = image_size[0] * image_size[1]
+    tiled_image = cost.per_image_pixel_tiled if tile_pixels < image_pixels else 0.0
+    per_image = tiled_image or cost.per_image_pixel
+    base = cost.fixed + cost.per_parameter * parameters + per_image * image_pixels
     strip = ref_pixels if ref_strip_pixels is None else min(ref_strip_pixels, ref_pixels)
     encoding = cost.per_ref_pixel * ref_pixels + cost.per_ref_pixel_encoding * strip
     tiles = (cost.per_ref_pixel * ref_pixels + cost.per_tile_pixel * tile_pixels

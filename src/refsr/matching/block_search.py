@@ -16,8 +16,10 @@ Index (:func:`build_block_index`, once per reference):
    a fixed-seed sample of key positions). For CNN features they hold nearly all of the energy (99.0-99.9 %
    at 32 axes on masa-lite's features of real photos), so distances between projections ("proxies") rank
    *clusters* well. Projecting every key position is one dilated convolution per dilation.
-2. **Clusters.** k-means (Lloyd, fixed seed) of the key proxies into ``ceil(positions / cluster_size)``
-   clusters; the positions are stored sorted by cluster (an inverted file).
+2. **Clusters.** k-means (Lloyd, fixed seed) of the key proxies into about ``positions / cluster_size``
+   clusters, in two levels beyond 1,024 clusters (``sqrt`` of them coarse, each split in proportion to its
+   size), so that assigning the positions costs ``positions x sqrt(clusters)``; the positions are stored
+   sorted by cluster (an inverted file).
 
 Search (:func:`search_blocks`, per LR image):
 
@@ -83,6 +85,8 @@ INDEX_MIN_CLUSTERS = INDEX_MIN_CLUSTERS_PER_PROBE * DEFAULT_PROBES
 _PCA_SAMPLES = 8192
 _KMEANS_SAMPLES_PER_CLUSTER = 16
 _KMEANS_ITERATIONS = 8
+#: Up to this many clusters, one level of k-means (see ``_clusters``).
+_FLAT_CLUSTERS = 1024
 #: Working memory of one chunk of the index's distance and gather computations.
 _CHUNK_BYTES = 64 * 2**20
 
@@ -107,8 +111,9 @@ class BlockIndex:
     """The searchable form of one key map (one batch item).
 
     Attributes:
-        rows: ``(H*W + 1, C)`` float32, the key channels-last with an all-zero last row that stands for
-            every tap outside the map (MEM zero-pads the key).
+        rows: ``(H*W + 1, C)``, the key channels-last with an all-zero last row that stands for every tap
+            outside the map (MEM zero-pads the key); float32, or bfloat16/float16 for such a key (half the
+            memory; gathered rows are converted to float32).
         inv_norms: ``(len(dilations), H*W)``, ``1 / max(|k_d(p)|, eps)`` per dilation and position.
         size: ``(H, W)``.
         dilations: the coarse step's dilations.
@@ -116,8 +121,6 @@ class BlockIndex:
         centroids: ``(K, proxy_dim)`` cluster centres.
         members: ``(H*W,)`` int64 positions sorted by cluster (by position within a cluster).
         offsets: ``(K + 1,)`` int64: cluster ``c`` holds ``members[offsets[c]:offsets[c + 1]]``.
-        member_taps: ``(H*W, taps)`` int32, :meth:`tap_index` of ``members``: a cluster's descriptors are
-            one gather of :attr:`rows`.
         member_scale: ``(H*W, len(dilations))``, :attr:`inv_norms` at ``members``.
     """
 
@@ -129,7 +132,6 @@ class BlockIndex:
     centroids: torch.Tensor
     members: torch.Tensor
     offsets: torch.Tensor
-    member_taps: torch.Tensor
     member_scale: torch.Tensor
 
     @property
@@ -143,7 +145,7 @@ class BlockIndex:
     @property
     def nbytes(self) -> int:
         tensors = (self.rows, self.inv_norms, self.axes, self.centroids, self.members, self.offsets,
-                   self.member_taps, self.member_scale)
+                   self.member_scale)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def tap_index(self, positions: torch.Tensor) -> torch.Tensor:
@@ -157,7 +159,7 @@ class BlockIndex:
 
     def descriptors(self, positions: torch.Tensor) -> torch.Tensor:
         """Exact descriptors ``(..., D)`` of the key at ``positions`` (``(...)`` flat int64)."""
-        taps = self.rows[self.tap_index(positions)]  # (..., taps, C)
+        taps = self.rows[self.tap_index(positions)].float()  # (..., taps, C)
         shape = taps.shape
         per_dilation = taps.view(*shape[:-2], len(self.dilations), 9, shape[-1])
         scale = self.inv_norms[:, positions].movedim(0, -1)  # (..., dilations)
@@ -186,13 +188,14 @@ def _fixed_sample(total: int, count: int, seed: int, device: torch.device) -> to
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, count: int = 1) -> torch.Tensor:
     """Indices ``(P, count)`` of the ``count`` nearest centres (L2) of every point, in chunks."""
-    centre_energy = centres.pow(2).sum(dim=1)
+    # |p - c|^2 up to the per-point constant |p|^2, which cannot change the ranking: |c|^2 - 2 p.c, as one
+    # matrix product of [p, 1] with [-2c, |c|^2] (no separate pass to add the centres' energies).
+    augmented = torch.cat((-2 * centres, centres.pow(2).sum(dim=1, keepdim=True)), dim=1).T.contiguous()
     chunk = max(1, _CHUNK_BYTES // (4 * max(1, centres.shape[0])))
     out = torch.empty(points.shape[0], count, dtype=torch.long, device=points.device)
     for start in range(0, points.shape[0], chunk):
         part = points[start : start + chunk]
-        # |p - c|^2 up to the per-point constant |p|^2, which cannot change the ranking.
-        distance = torch.addmm(centre_energy[None], part, centres.T, alpha=-2)
+        distance = torch.cat((part, part.new_ones(part.shape[0], 1)), dim=1) @ augmented
         if count == 1:
             out[start : start + chunk, 0] = distance.argmin(dim=1)
         else:
@@ -213,6 +216,42 @@ def _kmeans(points: torch.Tensor, clusters: int, seed: int) -> torch.Tensor:
     return centres
 
 
+def _clusters(points: torch.Tensor, clusters: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``clusters`` k-means centres ``(K, d)`` of ``points (P, d)`` and each point's cluster ``(P,)``.
+
+    Up to :data:`_FLAT_CLUSTERS` clusters, one k-means and every point assigned to its nearest centre. Beyond,
+    assigning ``P`` points to ``K`` centres (a ``P x K`` distance matrix) would cost more than the whole search:
+    two levels instead, ``sqrt(K)`` coarse clusters, then each one split into a share of the ``K`` fine ones
+    proportional to its size (largest remainders), a point going to the nearest fine centre of its coarse
+    cluster: ``P x 2 sqrt(K)`` distances.
+    """
+    if clusters <= _FLAT_CLUSTERS:
+        centres = _kmeans(points, clusters, seed)
+        return centres, _nearest(points, centres)[:, 0]
+    coarse_count = math.isqrt(clusters)
+    coarse = _kmeans(points, coarse_count, seed)
+    coarse_label = _nearest(points, coarse)[:, 0]
+    sizes = torch.bincount(coarse_label, minlength=coarse_count).tolist()
+    quotas = [size * clusters / points.shape[0] for size in sizes]
+    shares = [max(1, int(q)) if size else 0 for q, size in zip(quotas, sizes)]
+    by_remainder = sorted(range(coarse_count), key=lambda j: -(quotas[j] - int(quotas[j])))
+    for j in by_remainder:  # largest remainders first, until the shares add up to ``clusters``
+        if sum(shares) >= clusters:
+            break
+        if sizes[j] > shares[j]:
+            shares[j] += 1
+    centres, label, first = [], torch.empty_like(coarse_label), 0
+    for j in range(coarse_count):
+        if shares[j] == 0:
+            continue
+        inside = torch.nonzero(coarse_label == j)[:, 0]
+        fine = _kmeans(points[inside], min(shares[j], inside.numel()), seed + 1 + j)
+        label[inside] = _nearest(points[inside], fine)[:, 0] + first
+        centres.append(fine)
+        first += fine.shape[0]
+    return torch.cat(centres), label
+
+
 def build_block_index(
     key: torch.Tensor,
     dilations: Sequence[int] = (1, 2, 3),
@@ -224,7 +263,7 @@ def build_block_index(
     """Index the dilated patch descriptors of one key map for :func:`search_blocks`.
 
     Args:
-        key: ``(1, C, H, W)`` Ref↓ features (computed in float32 whatever their dtype).
+        key: ``(1, C, H, W)`` Ref↓ features (searched in float32 whatever their dtype).
         dilations: the coarse step's dilations.
         cluster_size: mean positions per cluster.
         proxy_dim: dimensions of the proxies that rank clusters.
@@ -237,15 +276,18 @@ def build_block_index(
         raise RefsrError(f"build_block_index takes one key map (1, C, H, W); got {tuple(key.shape)}")
     if cluster_size < 1 or proxy_dim < 1:
         raise RefsrError(f"cluster_size and proxy_dim must be positive; got {cluster_size} and {proxy_dim}")
+    half = key.dtype in (torch.float16, torch.bfloat16)
+    storage = key.dtype if half else torch.float32
     key = key.detach().float()
     _, c, height, width = key.shape
     dilations = tuple(int(d) for d in dilations)
     rows, inv_norms = _key_tables(key, dilations, eps)
+    rows = rows.to(storage)
     positions = height * width
     full_dim = len(dilations) * 9 * c
     none = torch.empty(0, dtype=torch.long)
     partial = BlockIndex(rows, inv_norms, (height, width), dilations, rows.new_empty(0), rows.new_empty(0),
-                         none, none, none, rows.new_empty(0))
+                         none, none, rows.new_empty(0))
 
     # 1. Principal axes of a fixed sample of descriptors (uncentred: it is inner products we rank).
     sample = partial.descriptors(_fixed_sample(positions, _PCA_SAMPLES, 0x1D3A, key.device))
@@ -264,16 +306,14 @@ def build_block_index(
     assert proxies is not None
 
     # 2. Clusters, and the positions sorted by cluster.
-    clusters = max(1, math.ceil(positions / cluster_size))
-    centroids = _kmeans(proxies, clusters, seed=0x2B7C)
-    label = _nearest(proxies, centroids)[:, 0]
+    centroids, label = _clusters(proxies, max(1, math.ceil(positions / cluster_size)), seed=0x2B7C)
+    clusters = centroids.shape[0]
     members = torch.sort(label, stable=True).indices
     offsets = torch.zeros(clusters + 1, dtype=torch.long, device=key.device)
     offsets[1:] = torch.bincount(label, minlength=clusters).cumsum(0)
-    member_taps = partial.tap_index(members).to(torch.int32)
     member_scale = inv_norms[:, members].T.contiguous()
     return BlockIndex(rows, inv_norms, (height, width), dilations, axes, centroids, members, offsets,
-                      member_taps, member_scale)
+                      member_scale)
 
 
 def run_in_parallel(function: Callable[[list[T]], None], items: list[T], device: torch.device) -> None:
@@ -423,7 +463,8 @@ def search_blocks(
             if last == first:
                 continue
             # The cluster's exact descriptors: one gather of the key rows, scaled per dilation.
-            taps = index.rows[index.member_taps[first:last]].view(last - first, dilations, 9 * channels)
+            taps = index.rows[index.tap_index(index.members[first:last])].float()
+            taps = taps.view(last - first, dilations, 9 * channels)
             descriptors = (taps * index.member_scale[first:last, :, None]).view(last - first, -1)
             scores = queries[query_of_pair[start : start + pairs]] @ descriptors.T  # (pairs, members)
             value, at = scores.max(dim=1)  # first maximum: members are in ascending position order

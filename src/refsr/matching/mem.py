@@ -193,7 +193,11 @@ def match_mem(
     search is the same either way.
 
     Memory: coarse scores are computed for chunks of blocks (``2 * H * W`` values per block) and the fine
-    search for chunks of blocks (window patches and similarities), each chunk within ``max_bytes``.
+    search for chunks of blocks (window patches and similarities), each chunk within ``max_bytes``; the LR
+    map is read chunk by chunk (no padded or converted copy of it), the key is copied once, channels-last.
+
+    Precision: float16 and bfloat16 features are matched in float32 (``score`` then comes back in float32):
+    an argmax over near-equal cosines needs the mantissa.
 
     Gradients: indices are found under ``torch.no_grad``. When autograd is on and either map requires
     grad, ``score`` is recomputed from the two maps at the chosen indices and is differentiable with
@@ -271,13 +275,18 @@ def match_mem(
                 f"{dilations}; build it with refsr.matching.block_search.build_block_index"
             )
     fast = coarse == "fast" and (key_index is not None or index_saves_work(height * width, probes))
-    itemsize = element_size(query.dtype)
+    # Half-precision features are matched in float32: an argmax over near-equal cosines needs the mantissa.
+    work = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    itemsize = element_size(work)
     device = query.device
 
-    query_padded = F.pad(query, (1, 1, 1, 1), mode="replicate")
+    def padded_index(padded: torch.Tensor, size: int) -> torch.Tensor:
+        """Rows (or columns) of the replicate-padded LR map -> those of the LR map: no padded copy of it."""
+        return (padded - 1).clamp(0, size - 1)
+
     with torch.no_grad():
-        lr_padded = query_padded.detach()
-        key_map = key.detach()
+        lr_map = query.detach()
+        key_map = key.detach().to(work)
 
         # ---- coarse match: block centre patches as convolution filters over the whole Ref↓ map ----
         taps = torch.tensor([-1, 0, 1], device=device)
@@ -289,19 +298,19 @@ def match_mem(
         for d in dilations:
             rows = centre_rows[:, None] + d * taps  # (py, 3)
             cols = centre_cols[:, None] + d * taps  # (px, 3)
-            patch = lr_padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (N, C, py, px, 3, 3)
-            patch = patch.permute(0, 2, 3, 1, 4, 5).reshape(n, num_blocks, c, 3, 3)
+            patch = lr_map[:, :, padded_index(rows, h)[:, None, :, None], padded_index(cols, w)[None, :, None, :]]
+            patch = patch.to(work).permute(0, 2, 3, 1, 4, 5).reshape(n, num_blocks, c, 3, 3)  # (N, blocks, C, 3, 3)
             patch_norm = patch.flatten(2).norm(dim=2).clamp_min(eps)
             filters.append(patch / patch_norm[:, :, None, None, None])
             key_norm = box_sum(key_energy, 3, dilation=d, padding=d).clamp_min(0).sqrt().flatten(1)
             key_inv_norms.append(key_norm.clamp_min(eps).reciprocal())
 
-        # Channels-last copies: oneDNN convolves them faster, and the gathers below copy runs of C values.
+        # A channels-last copy of the key: oneDNN convolves it faster, and the gathers below copy runs of C
+        # values. (The LR map is read chunk by chunk below: no whole-map copy of it.)
         key_rows = key_map.permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
-        lr_rows = lr_padded.permute(0, 2, 3, 1).contiguous()  # (N, h+2, w+2, C)
 
         coarse_index = torch.empty(n, num_blocks, dtype=torch.long, device=device)
-        coarse_score = query.new_empty(n, num_blocks)
+        coarse_score = key_map.new_empty(n, num_blocks)
         # Per block: the running sum and one convolution output, H*W values each, plus room for the
         # convolution's internal copy of its output.
         coarse_chunk = max(1, int(max_bytes // (3 * height * width * itemsize)))
@@ -340,12 +349,7 @@ def match_mem(
         window_h, window_w = geometry.window_size
 
         # ---- fine match: dense 3x3 patches of each padded block against those of its window ----
-        s_n, s_y, s_x, s_c = lr_rows.stride()
-        # A view, no copy: [n, by, bx, a, b, ty, tx, c] = padded LR at (by*k + a + ty, bx*k + b + tx), c;
-        # i.e. for block (by, bx) the 3x3 patch of its padded block at (a, b), in (ty, tx, c) order.
-        block_patches = lr_rows.as_strided(
-            (n, py, px, k, k, 3, 3, c), (s_n, k * s_y, k * s_x, s_y, s_x, s_y, s_x, s_c), 0
-        )
+        all_columns = padded_index(torch.arange(w + 2, device=device), w)
         window_rows = torch.arange(window_h, device=device)
         window_cols = torch.arange(window_w, device=device)
         # Per block: the window, the block's k*k patches as filters, the similarities (twice).
@@ -355,12 +359,21 @@ def match_mem(
         rows_per_chunk = max(1, int(max_bytes // (per_block * px)))
         local_index = torch.empty(n, num_blocks, k * k, dtype=torch.long, device=device)
         # q . k / |k| of the winners: divided by |q| this is the score when no gradient is wanted.
-        best_scaled_dot = query.new_empty(n, num_blocks, k * k)
+        best_scaled_dot = key_map.new_empty(n, num_blocks, k * k)
         for sample in range(n):
             for first_row in range(0, py, rows_per_chunk):
                 last_row = min(first_row + rows_per_chunk, py)
                 chunk = slice(first_row * px, last_row * px)
                 count = chunk.stop - chunk.start
+                # The chunk's padded block rows, channels-last: (rows, w + 2, C).
+                padded_rows = padded_index(torch.arange(first_row * k, last_row * k + 2, device=device), h)
+                lr_rows = lr_map[sample][:, padded_rows][:, :, all_columns].to(work).permute(1, 2, 0).contiguous()
+                s_y, s_x, s_c = lr_rows.stride()
+                # A view, no copy: [by, bx, a, b, ty, tx, c] = padded LR at (by*k + a + ty, bx*k + b + tx), c;
+                # i.e. for block (by, bx) the 3x3 patch of its padded block at (a, b), in (ty, tx, c) order.
+                block_patches = lr_rows.as_strided(
+                    (last_row - first_row, px, k, k, 3, 3, c), (k * s_y, k * s_x, s_y, s_x, s_y, s_x, s_c), 0
+                )
                 # Modulo reproduces the official negative-index wrap; a no-op for windows inside the map.
                 rows = (window_rows[:, None] + origin_y[sample, chunk]) % height  # (window_h, B)
                 cols = (window_cols[:, None] + origin_x[sample, chunk]) % width  # (window_w, B)
@@ -374,7 +387,7 @@ def match_mem(
                 # Each block's k*k patches become k*k filters of a grouped convolution over its own
                 # window: the dot products of unfolding the window, without materialising its
                 # 9C x dy*dx patch matrix.
-                filters = block_patches[sample, first_row:last_row].reshape(count * k * k, 3, 3, c)
+                filters = block_patches.reshape(count * k * k, 3, 3, c)
                 stacked = windows.reshape(1, window_h, window_w, count * c).permute(0, 3, 1, 2)
                 products = F.conv2d(stacked, filters.permute(0, 3, 1, 2), groups=count)
                 # (1, B*k*k, dy, dx) -> (dy*dx, B, k*k): a view of oneDNN's channels-last output (a copy
@@ -385,7 +398,7 @@ def match_mem(
                 best, best_at = products.view(dy * dx, count * k * k).max(dim=0)
                 best_scaled_dot[sample, chunk] = best.view(count, k * k)
                 local_index[sample, chunk] = best_at.view(count, k * k)
-                del windows, filters, stacked, products
+                del windows, filters, stacked, products, lr_rows, block_patches
 
         local_index = local_index.view(n, num_blocks, k, k)
         centre_y = (origin_y[:, :, None, None] + local_index // dx + 1) % height
@@ -397,11 +410,17 @@ def match_mem(
         # The score, recomputed with autograd: replicate-padded query patches (as the blocks are cut) and
         # a circularly padded key (only read when a window wraps; otherwise matched patches are interior).
         score = patch_cosine_at(
-            query_padded, F.pad(key, (1, 1, 1, 1), mode="circular"), global_index, (height, width), 3, eps
+            F.pad(query, (1, 1, 1, 1), mode="replicate"), F.pad(key, (1, 1, 1, 1), mode="circular"), global_index,
+            (height, width), 3, eps
         )
     else:
-        # Same number without a second pass over the features: the search's q . k / |k| over |q|.
-        query_norm = box_sum(lr_padded.pow(2).sum(dim=1, keepdim=True), 3).clamp_min(0).sqrt()[:, 0]
+        # Same number without a second pass over the features: the search's q . k / |k| over |q|. The
+        # per-pixel energies row by row, so that no squared copy of the whole map exists.
+        energy = key_map.new_empty(n, 1, h, w)
+        for top in range(0, h, 64):
+            energy[:, :, top : top + 64] = lr_map[:, :, top : top + 64].to(work).pow(2).sum(dim=1, keepdim=True)
+        energy = F.pad(energy, (1, 1, 1, 1), mode="replicate")
+        query_norm = box_sum(energy, 3).clamp_min(0).sqrt()[:, 0]
         scaled_dot = best_scaled_dot.view(n, py, px, k, k).permute(0, 1, 3, 2, 4).reshape(n, h, w)
         score = scaled_dot / query_norm.clamp_min(eps)
     extras = {

@@ -458,24 +458,33 @@ class _Moments:
         return self.m2 / (self.count - correction)
 
 
-#: MASA's memory cost at nf = 32 (``masa-lite``), calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
-#: (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the per-pixel terms with ``nf / 32``, since every
-#: large map has nf channels.
+#: MASA's memory cost at nf = 32 (``masa-lite``) in float32, calibrated with ``benchmarks/upscale.py --calibrate``
+#: on the CPU (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the feature-map terms with ``nf / 32`` and
+#: the compute dtype's size, since every large map has nf channels.
 MASA_MEMORY_COST = MemoryCost(
     fixed=300 * 2**20,
-    # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
+    # The output canvas of cross-faded tiles (3 float channels at scale^2 pixels per LR pixel), the uint8
+    # result, the PNG.
     per_image_pixel=320,
-    # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
-    # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
-    per_tile_pixel=22_000,
-    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
-    per_ref_pixel=230,
+    # Instead, in tiles (forward_tiled): the whole-image maps, at most the x1 fusion (LR size) and the x2
+    # fusion (4 pixels per LR pixel), nf channels each: 640 B; MEM's correspondence: 30 B; the uint8 result.
+    per_image_pixel_tiled=720,
+    # The whole LR at once: the decoder's maps at x4 dominate (24.8 kB from LR 128^2 -> 192^2). In tiles of
+    # forward_tiled (at most 128 LR pixels), per pixel of the x4 tile.
+    per_tile_pixel=26_000,
+    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32), the input images, the
+    # fast search's index (17 B).
+    per_ref_pixel=250,
     # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
     per_ref_pixel_encoding=700,
     matching_workspace=256 * 2**20,
     context=16,
     ramp=16,
 )
+#: The parts of MASA_MEMORY_COST's per-pixel terms that are nf-channel feature maps (they scale with nf and
+#: the dtype; the rest, images and index, do not).
+_TILED_IMAGE_MAPS = 640
+_REF_FEATURES = 176
 
 
 class MASA(RefSRModel):
@@ -645,8 +654,6 @@ class MASA(RefSRModel):
         ``matching`` overrides :attr:`matching`; ``key_index`` (fast matching) is the reference cache's.
         """
         coarse = self._matching(matching)
-        if lr_feat.dtype not in (torch.float32, torch.float64):
-            lr_feat, ref_down_feat = lr_feat.float(), ref_down_feat.float()
         return match_mem(
             lr_feat, ref_down_feat, lr_block_size=self.lr_block_size, ref_block_factor=self.ref_block_factor,
             dilations=self.dilations, max_bytes=self.match_max_bytes, coarse=coarse,
@@ -1043,13 +1050,20 @@ class MASA(RefSRModel):
 
     @property
     def memory_cost(self) -> MemoryCost:  # type: ignore[override]
-        """:data:`MASA_MEMORY_COST` with the per-pixel terms scaled by ``nf / 32`` and this model's MEM chunk
-        budget as the matching workspace."""
-        width = self.config["nf"] / 32
+        """:data:`MASA_MEMORY_COST` with the feature-map terms scaled by ``nf / 32`` and by the compute dtype's
+        size (bfloat16 maps take half the bytes of float32 ones), and this model's MEM chunk budget as the
+        matching workspace. The images, the output and the fast search's index do not scale."""
+        scale = self.config["nf"] / 32 * torch.finfo(self.compute_dtype).bits / 32
         cost = MASA_MEMORY_COST
-        return replace(cost, per_tile_pixel=cost.per_tile_pixel * width, per_ref_pixel=cost.per_ref_pixel * width,
-                       per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
-                       matching_workspace=int(self.match_max_bytes))
+        return replace(
+            cost,
+            per_parameter=cost.per_parameter * torch.finfo(self.compute_dtype).bits / 32,
+            per_tile_pixel=cost.per_tile_pixel * scale,
+            per_image_pixel_tiled=_TILED_IMAGE_MAPS * scale + (cost.per_image_pixel_tiled - _TILED_IMAGE_MAPS),
+            per_ref_pixel=_REF_FEATURES * scale + (cost.per_ref_pixel - _REF_FEATURES),
+            per_ref_pixel_encoding=cost.per_ref_pixel_encoding * scale,
+            matching_workspace=int(self.match_max_bytes),
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.config.items())
