@@ -16,7 +16,11 @@ from refsr.inference import (
     MemoryCost,
     choose_tile,
     memory_cost,
+    minimum_budget,
+    pad_to_rule,
+    padded_reference_sizes,
     parse_memory,
+    plan_upscale,
     predict_peak_memory,
     resolve_device,
     stitch_references,
@@ -332,3 +336,60 @@ def test_shipped_default_model_uses_the_reference_on_the_bundled_sample() -> Non
     self_ref = refsr.metrics.psnr(refsr.upscale(lr, None), hr)
     assert with_ref > bicubic + 1.0
     assert with_ref > self_ref + 0.4
+
+
+# ---------------------------------------------------------------------- planning from sizes
+
+
+@pytest.mark.parametrize("hw, tile", [((203, 241), 64), ((50, 300), 40), ((30, 30), None)])
+def test_plan_tile_count_is_the_number_of_tiles_run(bicubic, hw, tile) -> None:
+    calls = []
+    handle = bicubic.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape[-2:])))
+    try:
+        upscale(np.zeros((*hw, 3), np.uint8), model=bicubic, tile=tile)
+    finally:
+        handle.remove()
+    plan = plan_upscale(bicubic, hw, None, parse_memory("4G"), tile=tile)
+    assert plan.tile_count == len(calls)
+
+
+@pytest.mark.parametrize("mode", ["stitch", "per-tile"])
+def test_padded_reference_sizes_match_the_tensors_fed(small, mode) -> None:
+    sizes = [(37, 90), (64, 20), (5, 5)]
+    refs = [torch.zeros(1, 3, h, w) for h, w in sizes]
+    rule = small.size_rule
+    if mode == "stitch":
+        refs = [stitch_references(refs, rule)]
+    fed = [tuple(pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0].shape[-2:])
+           for r in refs]
+    assert padded_reference_sizes(rule, sizes, mode) == fed
+
+
+def test_an_lr_too_large_is_refused_from_its_header(lite, tmp_path) -> None:
+    """A 12000x12000 PNG header without pixel data: decoding it would fail as truncated, so a budget error
+    naming the LR proves that it was refused before decoding. The error names a budget that works."""
+    from test_io import png_bytes_with_size
+
+    (tmp_path / "huge.png").write_bytes(png_bytes_with_size(12000, 12000))
+    with pytest.raises(RefsrError, match=r"huge\.png \(12000x12000\) is too large for the memory budget of 4\.00 GB"
+                       ) as raised:
+        upscale(tmp_path / "huge.png", DATA / "coffee.png", model=lite)
+    needed = str(raised.value).split("to at least ")[1].split(",")[0]
+    plan = plan_upscale(lite, (12000, 12000), [(193, 256)], parse_memory(needed.replace(" ", "").rstrip("B")))
+    assert plan.tile_count > 1
+    with pytest.raises(RefsrError, match=r"the reference .*huge\.png \(12000x12000\) is too large"):
+        upscale(DATA / "coffee.png", tmp_path / "huge.png", model=lite)
+
+
+def test_minimum_budget_is_where_choose_tile_starts_to_fit(lite) -> None:
+    size, ref_pixels = (400, 400), 512 * 512
+    need = minimum_budget(lite, size, ref_pixels)
+    assert choose_tile(lite, size, ref_pixels, need).tile is not None
+    with pytest.raises(RefsrError, match="too small"):
+        choose_tile(lite, size, ref_pixels, need - 1)
+
+
+def test_a_forced_tile_covering_the_image_still_checks_the_budget(bicubic) -> None:
+    with pytest.raises(RefsrError, match="tiles of 64 px need"):
+        choose_tile(bicubic, (24, 32), 0, parse_memory("1M"), tile=64)
+    assert choose_tile(bicubic, (24, 32), 0, parse_memory("1G"), tile=64).tile is None

@@ -26,6 +26,7 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import sys
@@ -39,7 +40,7 @@ from PIL import Image
 
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
-from refsr.io import _to_rgb8, read_image
+from refsr.io import _to_rgb8, read_image, read_image_size
 from refsr.models import DEFAULT_MODEL
 from refsr.models._size import SizeRule, padded_size
 
@@ -48,6 +49,7 @@ __all__ = [
     "resolve_model",
     "resolve_device",
     "image_to_tensor",
+    "image_size",
     "tensor_to_image",
     "pad_to_rule",
     "stitch_references",
@@ -58,6 +60,10 @@ __all__ = [
     "predict_peak_memory",
     "choose_tile",
     "TilePlan",
+    "UpscalePlan",
+    "plan_upscale",
+    "padded_reference_sizes",
+    "minimum_budget",
     "DEFAULT_MAX_MEMORY",
     "MULTI_REF_MODES",
 ]
@@ -226,8 +232,12 @@ def parse_memory(value: int | float | str) -> int:
     return size
 
 
-def _format_memory(size: float) -> str:
-    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+def _format_memory(size: float, *, round_up: bool = False) -> str:
+    """``size`` bytes as ``"877 MB"`` or ``"3.07 GB"``; ``round_up`` for a budget to suggest (it must suffice)."""
+    rounding = math.ceil if round_up else round
+    if size >= 2**30:
+        return f"{rounding(size / 2**30 * 100) / 100:.2f} GB"
+    return f"{rounding(size / 2**20):.0f} MB"
 
 
 @dataclass(frozen=True)
@@ -405,19 +415,11 @@ def choose_tile(
     cost = memory_cost(model)
     rule: SizeRule = getattr(model, "size_rule", SizeRule())
     context, ramp, overlap = _overlap_for(cost, rule)
-    parameters = _parameter_count(model)
     h, w = image_size
-
-    def peak(th: int, tw: int) -> int:
-        return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
-                                   ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
-                                   ref_strip_pixels=ref_strip_pixels)
-
-    smallest = padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    smallest = _smallest_tile(model)
     if tile is not None:
         side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-        if side >= h and side >= w:
-            return TilePlan(None, overlap, context, ramp, peak(h, w))
         candidates = [side]
     else:
         if peak(h, w) <= max_memory:
@@ -427,14 +429,198 @@ def choose_tile(
     for side in candidates:
         predicted = peak(min(side, h), min(side, w))
         if predicted <= max_memory:
-            return TilePlan(side, overlap, context, ramp, predicted)
-    needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)))
+            return TilePlan(None if side >= h and side >= w else side, overlap, context, ramp, predicted)
+    needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)), round_up=True)
     what = f"even tiles of {candidates[-1]} LR pixels need" if tile is None else f"tiles of {candidates[-1]} px need"
     raise RefsrError(
         f"the memory budget of {_format_memory(max_memory)} is too small: {what} about {needed} (the "
         f"reference's features alone take {_format_memory(cost.per_ref_pixel * ref_pixels)}); raise "
         f"--max-memory (max_memory=) to at least {needed}, or use a smaller reference"
         + ("" if tile is None else " or --tile")
+    )
+
+
+def _peak_function(model: torch.nn.Module, image_size: tuple[int, int], ref_pixels: int,
+                   ref_down_pixels: int | None, ref_strip_pixels: int | None) -> Callable[[int, int], int]:
+    """``(tile h, tile w) -> predicted peak`` for ``model`` on a padded LR of ``image_size``."""
+    cost = memory_cost(model)
+    parameters = _parameter_count(model)
+
+    def peak(th: int, tw: int) -> int:
+        return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
+                                   ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
+                                   ref_strip_pixels=ref_strip_pixels)
+
+    return peak
+
+
+def _smallest_tile(model: torch.nn.Module) -> int:
+    """The smallest tile side :func:`choose_tile` uses: twice the overlap, on the model's LR grid."""
+    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    overlap = _overlap_for(memory_cost(model), rule)[2]
+    return padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
+
+
+def minimum_budget(
+    model: torch.nn.Module,
+    image_size: tuple[int, int],
+    ref_pixels: int,
+    *,
+    tile: int | None = None,
+    ref_down_pixels: int | None = None,
+    ref_strip_pixels: int | None = None,
+) -> int:
+    """The smallest ``max_memory`` for which :func:`choose_tile` finds a plan (same arguments).
+
+    That is the predicted peak at the smallest usable tile, or at ``tile`` when one is forced.
+    """
+    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    smallest = _smallest_tile(model)
+    side = smallest if tile is None else padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    return peak(min(side, image_size[0]), min(side, image_size[1]))
+
+
+# ---------------------------------------------------------------------- planning from sizes
+
+
+@dataclass(frozen=True)
+class UpscalePlan:
+    """How :func:`upscale` runs an LR with its references, decided from their sizes alone (nothing decoded).
+
+    Attributes:
+        lr_size: ``(h, w)`` of the LR padded to the model's size rule.
+        tiles: the :class:`TilePlan`.
+        multi_ref: ``"per-tile"`` or ``"stitch"`` (also for a single reference).
+        local_self_reference: no reference was given and the whole self-reference does not fit the budget:
+            each tile takes its own LR, upscaled, as its reference.
+    """
+
+    lr_size: tuple[int, int]
+    tiles: TilePlan
+    multi_ref: str
+    local_self_reference: bool
+
+    @property
+    def tile_count(self) -> int:
+        """How many tiles the LR is cut into (1 when it runs whole)."""
+        if self.tiles.tile is None:
+            return 1
+        h, w = self.lr_size
+        th, tw = min(self.tiles.tile, h), min(self.tiles.tile, w)
+        return len(_tile_starts(h, th, self.tiles.overlap)) * len(_tile_starts(w, tw, self.tiles.overlap))
+
+
+def _size(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def padded_reference_sizes(rule: SizeRule, sizes: Sequence[tuple[int, int]], mode: str) -> list[tuple[int, int]]:
+    """The ``(h, w)`` of the references :func:`upscale` feeds the model: stitched when ``mode`` says so, then
+    padded to the size rule (as :func:`stitch_references` and :func:`pad_to_rule` do)."""
+    sizes = list(sizes)
+    if mode == "stitch" and len(sizes) > 1:
+        width = padded_size(max(w for _, w in sizes), rule.ref_multiple, rule.min_ref)
+        sizes = [(sum(padded_size(h, rule.ref_multiple, 1) for h, _ in sizes), width)]
+    return [(padded_size(h, rule.ref_multiple, rule.min_ref), padded_size(w, rule.ref_multiple, rule.min_ref))
+            for h, w in sizes]
+
+
+def plan_upscale(
+    model: torch.nn.Module,
+    lr_size: tuple[int, int],
+    ref_sizes: Sequence[tuple[int, int]] | None,
+    max_memory: int,
+    *,
+    tile: int | None = None,
+    multi_ref: str = "auto",
+    lr_name: str = "the LR",
+    ref_names: Sequence[str] | None = None,
+) -> UpscalePlan:
+    """Plan :func:`upscale` from sizes: check the budget before any image is decoded.
+
+    Args:
+        model: the model (its size rule, scale and memory cost).
+        lr_size: ``(h, w)`` of the LR as given (unpadded).
+        ref_sizes: ``(h, w)`` of each reference, or ``None`` for self-reference.
+        max_memory: the budget in bytes.
+        tile: a forced tile side, or ``None``.
+        multi_ref: as :func:`upscale`.
+        lr_name, ref_names: how error messages name the inputs (e.g. their paths).
+
+    Raises:
+        RefsrError: nothing fits the budget; the message names the input that is too large (the LR or a
+            reference) when it is the cause, and always the budget that would work.
+    """
+    if multi_ref not in MULTI_REF_MODES:
+        raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
+    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    scale = int(getattr(model, "scale", 4))
+    h, w = lr_size
+    padded = (padded_size(h, rule.lr_multiple, rule.min_lr), padded_size(w, rule.lr_multiple, rule.min_lr))
+    self_reference = ref_sizes is None
+    refs: list[tuple[int, int]] = []
+    mode = "stitch"
+    if getattr(model, "uses_ref", True):
+        given = [(h * scale, w * scale)] if self_reference else list(ref_sizes)  # type: ignore[arg-type]
+        if not given:
+            raise RefsrError("an empty list of references was given; pass None for self-reference")
+        mode = _resolve_multi_ref(multi_ref, model) if len(given) > 1 else "stitch"
+        refs = padded_reference_sizes(rule, given, mode)
+    ref_pixels = sum(rh * rw for rh, rw in refs)
+    ref_down_pixels = max((rh * rw for rh, rw in refs), default=0) // 16
+    strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if _takes_strips(model) else None
+    try:
+        tiles = choose_tile(model, padded, ref_pixels, max_memory, tile=tile, ref_down_pixels=ref_down_pixels,
+                            ref_strip_pixels=strip_pixels)
+        return UpscalePlan(padded, tiles, mode, False)
+    except RefsrError:
+        pass
+    needed = minimum_budget(model, padded, ref_pixels, tile=tile, ref_down_pixels=ref_down_pixels,
+                            ref_strip_pixels=strip_pixels)
+    if self_reference and refs and tile is None:
+        # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
+        # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
+        # reference shrinks with the tile, so some tile size fits.
+        try:
+            return UpscalePlan(padded, _local_self_reference_plan(model, padded, scale, max_memory), mode, True)
+        except RefsrError:
+            side = _smallest_tile(model)
+            local_pixels = min(side, padded[0]) * scale * min(side, padded[1]) * scale
+            needed = min(needed, minimum_budget(model, padded, local_pixels, tile=side,
+                                                ref_down_pixels=local_pixels // 16))
+    raise _budget_error(model, padded, (h, w), refs if not self_reference else [], ref_sizes, needed,
+                        max_memory, tile, lr_name, ref_names)
+
+
+def _budget_error(model: torch.nn.Module, padded: tuple[int, int], lr_size: tuple[int, int],
+                  refs: list[tuple[int, int]], ref_sizes: Sequence[tuple[int, int]] | None, needed: int,
+                  budget: int, tile: int | None, lr_name: str, ref_names: Sequence[str] | None) -> RefsrError:
+    """The one-line error for a budget that nothing fits: who is too large, and the budget that works."""
+    cost = memory_cost(model)
+    at_least = _format_memory(needed, round_up=True)
+    advice = f"raise --max-memory (max_memory=) to at least {at_least}"
+    image_part = MEMORY_MARGIN * cost.per_image_pixel * padded[0] * padded[1]
+    ref_part = MEMORY_MARGIN * cost.per_ref_pixel * sum(rh * rw for rh, rw in refs)
+    # Blame the larger of the two parts that grow with the inputs, when it is a large share of the need.
+    if image_part >= ref_part and image_part >= needed / 3:
+        return RefsrError(
+            f"{lr_name} ({_size(lr_size)}) is too large for the memory budget of {_format_memory(budget)}: "
+            f"its output alone takes {_format_memory(image_part)} and the whole run at least {at_least}; "
+            f"{advice}, or give a smaller image"
+        )
+    if ref_sizes and ref_part > image_part and ref_part >= needed / 3:
+        largest = max(range(len(ref_sizes)), key=lambda i: ref_sizes[i][0] * ref_sizes[i][1])
+        name = ref_names[largest] if ref_names else f"reference {largest + 1}"
+        return RefsrError(
+            f"the reference {name} ({_size(ref_sizes[largest])}) is too large for the memory budget of "
+            f"{_format_memory(budget)}: the references' features alone take {_format_memory(ref_part)} and "
+            f"the whole run at least {at_least}; {advice}, or use a smaller reference"
+        )
+    what = f"tiles of {tile} LR pixels" if tile is not None else "even the smallest tiles"
+    return RefsrError(
+        f"the memory budget of {_format_memory(budget)} is too small: {what} need about {at_least} (the "
+        f"model and libraries alone take {_format_memory(MEMORY_MARGIN * cost.fixed)}); {advice}"
     )
 
 
@@ -593,51 +779,66 @@ def upscale(
     rule: SizeRule = getattr(net, "size_rule", SizeRule())
     scale = int(getattr(net, "scale", 4))
 
+    # Plan from the sizes first (a file's header only): an image that cannot fit the budget is refused
+    # before it is decoded.
+    given = None if ref is None else (list(ref) if isinstance(ref, (list, tuple)) else [ref])
+    uses_ref = getattr(net, "uses_ref", True)
+    plan = plan_upscale(
+        net, image_size(lr), [image_size(r) for r in given] if given is not None and uses_ref else None,
+        budget, tile=tile, multi_ref=multi_ref, lr_name=_input_name(lr, "the LR image"),
+        ref_names=[_input_name(r, f"reference {i + 1}") for i, r in enumerate(given or [])],
+    )
+
     x = image_to_tensor(lr).to(dev)
     h, w = x.shape[-2:]
     xp, (top, left) = pad_to_rule(x, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
     del x
 
     refs: list[torch.Tensor] = []
-    mode = "stitch"
-    if getattr(net, "uses_ref", True):
+    if uses_ref and not plan.local_self_reference:
         refs = _reference_tensors(ref, xp[..., top : top + h, left : left + w], scale, dev)
-        mode = _resolve_multi_ref(multi_ref, net) if len(refs) > 1 else "stitch"
-        if mode == "stitch" and len(refs) > 1:
+        if plan.multi_ref == "stitch" and len(refs) > 1:
             refs = [stitch_references(refs, rule)]
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
 
-    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in refs)
-    ref_down_pixels = max((r.shape[-2] * r.shape[-1] for r in refs), default=0) // 16
-    strips = _takes_strips(net)
-    strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if strips else None
-    try:
-        plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
-                           ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
-    except RefsrError:
-        if not (ref is None and refs and tile is None):
-            raise
-        plan = None
-    if plan is None:
-        # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
-        # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
-        # reference shrinks with the tile, so some tile size fits.
-        refs.clear()
-        plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
+    if plan.local_self_reference:
         run_tile = _local_self_reference_runner(net, scale)
     else:
-        run_tile = _tile_runner(net, refs, mode, strips)
+        run_tile = _tile_runner(net, refs, plan.multi_ref, _takes_strips(net))
     del refs
-    if plan.tile is None:
+    if plan.tiles.tile is None:
         sr = run_tile(xp)
     else:
-        sr = _run_tiled(run_tile, xp, scale, plan, progress)
+        sr = _run_tiled(run_tile, xp, scale, plan.tiles, progress)
     del run_tile, xp
     sr = sr[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
     # In place: at 4096^2 every float copy of the output is 200 MB.
     out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     del sr
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+
+
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """``(h, w)`` of an image :func:`image_to_tensor` accepts; a file's size comes from its header alone.
+
+    Raises:
+        RefsrError: an unreadable file, an unsupported type or a zero-size image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image_size(image)
+    if isinstance(image, Image.Image):
+        size = (image.height, image.width)
+    elif isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        size = (int(image.shape[0]), int(image.shape[1]))
+    else:
+        return tuple(image_to_tensor(image).shape[-2:])  # type: ignore[return-value]  # raises the error
+    if 0 in size:
+        raise RefsrError(f"the image has zero size ({size[1]}x{size[0]})")
+    return size
+
+
+def _input_name(image: ImageLike, fallback: str) -> str:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else fallback
 
 
 def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int], scale: int,
@@ -681,10 +882,10 @@ def _strip_rows(width: int) -> int:
     return max(64, REF_STRIP_PIXELS // max(width, 1) // 4 * 4)
 
 
-def _strip_pixels(net: torch.nn.Module, ref: torch.Tensor) -> int:
-    """Pixels the model encodes at once for ``ref`` when it encodes in strips (halo included)."""
+def _strip_pixels(net: torch.nn.Module, ref_size: tuple[int, int]) -> int:
+    """Pixels the model encodes at once for a reference of ``ref_size`` (h, w) when it encodes in strips."""
     halo = int(getattr(net, "encoder_halo", lambda: 0)())
-    height, width = ref.shape[-2:]
+    height, width = ref_size
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
