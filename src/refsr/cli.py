@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -27,73 +28,140 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _upscale_jobs(lr: Path, output: Path, refs: list[Path], compare: Path | None = None) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for an image or a folder of images, all checked before any work starts."""
-    from refsr.io import IMAGE_EXTENSIONS, check_output_path, is_image_path
-
-    for ref in refs:
-        if ref.is_dir():
-            raise RefsrError(f"{ref}: the reference is a folder; give reference image files")
-        if not ref.exists():
-            raise RefsrError(f"{ref}: no such reference file")
-    if lr.is_dir():
-        if compare is not None:
-            raise RefsrError("--compare takes one image; run it on a single LR image, not a folder")
-        images = sorted(p for p in lr.iterdir() if p.is_file() and is_image_path(p))
-        if not images:
-            raise RefsrError(f"{lr}: the folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        if output.exists() and not output.is_dir():
-            raise RefsrError(f"{output}: LR is a folder, so the output must be a folder too")
-        if is_image_path(output):
-            raise RefsrError(f"{output}: LR is a folder, so the output must be a folder, not an image name")
-        if output.resolve() == lr.resolve():
-            raise RefsrError(f"{output}: the output folder is the input folder; choose another")
-        output.mkdir(parents=True, exist_ok=True)
-        jobs = [(p, output / p.name) for p in images]
-    else:
-        if not lr.exists():
-            raise RefsrError(f"{lr}: no such file")
-        jobs = [(lr, output)]
-        if compare is not None:
-            if compare.resolve() == output.resolve():
-                raise RefsrError(f"{compare}: --compare must name another file than -o")
-            check_output_path(compare, inputs=(lr, *refs))
-    for src, dst in jobs:
-        check_output_path(dst, inputs=(src, *refs))
-    return jobs
-
-
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from refsr.inference import parse_memory, resolve_device, resolve_model, upscale
-    from refsr.io import read_image, write_image
+    from refsr.batch import Reporter, make_jobs, progress_mode
+    from refsr.inference import parse_memory, plan_upscale, resolve_device, resolve_model
+    from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, check_output_path, read_image, read_image_size
 
     # Cheap checks first: a typo in an option should not wait for the model to load.
     budget = parse_memory(args.max_memory)
     if args.tile is not None and args.tile < 1:
         raise RefsrError(f"--tile must be a positive number of LR pixels, got {args.tile}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise RefsrError(f"--quality must be from 1 to 100, got {args.quality}")
     device = resolve_device(args.device)
     refs_paths = [Path(r) for r in args.ref]
+    for ref in refs_paths:
+        if ref.is_dir():
+            raise RefsrError(f"{ref}: the reference is a folder; give reference image files")
+        if not ref.exists():
+            raise RefsrError(f"{ref}: no such reference file")
     compare = Path(args.compare) if args.compare else None
-    jobs = _upscale_jobs(Path(args.lr), Path(args.output), refs_paths, compare)
-    # Read (and so validate) every reference and build the model before the first image is processed, so
-    # that a bad reference or weights file fails fast.
-    refs = [read_image(p) for p in refs_paths]
+    jobs, batch = make_jobs(args.lr, Path(args.output), refs_paths)
+    if compare is not None:
+        if batch:
+            raise RefsrError("--compare takes one image; run it on a single LR image, not a folder or pattern")
+        if compare.resolve() == jobs[0].target.resolve():
+            raise RefsrError(f"{compare}: --compare must name another file than -o")
+        check_output_path(compare, inputs=(jobs[0].source, *refs_paths))
+    if args.quality is not None and not any(IMAGE_EXTENSIONS[j.target.suffix.lower()] in LOSSY_FORMATS
+                                            for j in jobs):
+        raise RefsrError(f"--quality applies to JPEG and WebP outputs; {jobs[0].target.name} is "
+                         f"{IMAGE_EXTENSIONS[jobs[0].target.suffix.lower()]}")
+    # Every reference's header before the model loads; then every input's size against the budget (and, in
+    # a batch, its pixels) before the first image is computed.
+    ref_sizes = [read_image_size(p) for p in refs_paths]
     model = resolve_model(args.model, args.weights)
-    progress = False if args.quiet else None  # None: a bar only when stderr is a terminal
-    images_bar = tqdm(jobs, desc="images", unit="img", disable=len(jobs) == 1 or args.quiet, file=sys.stderr)
-    for src, dst in images_bar:
-        lr = read_image(src)
-        sr = upscale(lr, refs or None, model=model, tile=args.tile, device=device, max_memory=budget,
-                     multi_ref=args.multi_ref, progress=progress)
-        write_image(dst, sr)
-        print(dst, flush=True)
-        if compare is not None:
-            from refsr.compare import write_comparison
+    plans, bad = {}, []
+    for job in jobs:
+        try:
+            plans[job] = plan_upscale(model, read_image_size(job.source, decode=batch), ref_sizes or None, budget,
+                                      tile=args.tile, multi_ref=args.multi_ref, lr_name=str(job.source),
+                                      ref_names=[str(p) for p in refs_paths])
+        except RefsrError as exc:
+            bad.append(str(exc))
+    if bad and not (args.keep_going and batch):
+        if len(bad) == 1:
+            raise RefsrError(bad[0] + ("" if not batch else "; nothing was written (fix it or use --keep-going)"))
+        raise RefsrError(f"{len(bad)} of {len(jobs)} inputs cannot be upscaled, nothing was written (fix them or "
+                         f"use --keep-going): " + "; ".join(bad))
 
-            print(write_comparison(compare, lr, sr, refs or None), flush=True)
+    refs = [read_image(p) for p in refs_paths]
+    reporter = Reporter(progress_mode(args.quiet, args.progress), len(jobs))
+    for message in bad:
+        reporter.error(message)
+    name = _default_model_name() if args.model == "default" else args.model
+    failed, written = len(bad), 0
+    try:
+        for job in jobs:
+            if job not in plans:
+                continue
+            started = time.monotonic()
+            try:
+                _upscale_one(job, refs, model, args, device, budget, compare, reporter.tile_bars)
+            except RefsrError as exc:
+                if not (args.keep_going and batch):
+                    raise
+                reporter.error(str(exc))
+                failed += 1
+                continue
+            written += 1
+            plan = plans[job]
+            tiles = "1 tile" if plan.tile_count == 1 else f"{plan.tile_count} tiles of {plan.tiles.tile} LR px"
+            reporter.finished(job, time.monotonic() - started, f"{name} on {device}, {tiles}")
+    finally:
+        reporter.close()
+    if failed:
+        where = f" to {args.output}" if written else ""
+        raise RefsrError(f"{failed} of {len(jobs)} images failed; {written} written{where}")
     return 0
+
+
+def _default_model_name() -> str:
+    from refsr.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _upscale_one(job, refs, model, args: argparse.Namespace, device, budget: int, compare: Path | None,
+                 tile_bars: bool) -> None:
+    """Upscale one job and write its output (and comparison) atomically; nothing is left on failure."""
+    from contextlib import ExitStack
+
+    from refsr.inference import upscale
+    from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, atomic_output, read_image, save_image
+
+    lr = read_image(job.source)
+    sr = upscale(lr, refs or None, model=model, tile=args.tile, device=device, max_memory=budget,
+                 multi_ref=args.multi_ref, progress=tile_bars)
+    outputs = [(job.target, sr)]
+    if compare is not None:
+        from refsr.compare import side_by_side
+
+        outputs.append((compare, side_by_side(lr, sr, refs or None)))
+    created = None
+    folder = job.target.parent
+    if not folder.exists():  # a batch's output folder: made with its first image, not before
+        created = [p for p in [folder, *folder.parents] if not p.exists()][-1]  # the topmost one made
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RefsrError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    try:
+        # Every file to a temporary name first; the renames come last, so a failure writes none of them.
+        with ExitStack() as stack:
+            for path, image in outputs:
+                fmt = IMAGE_EXTENSIONS[path.suffix.lower()]
+                tmp = stack.enter_context(atomic_output(path))
+                quality = args.quality if fmt in LOSSY_FORMATS else None
+                save_image(tmp, image, fmt, quality=quality)
+    except BaseException:
+        if created is not None:
+            _remove_empty_folders(created, folder)
+        raise
+    for path, _ in outputs:
+        print(path, flush=True)
+
+
+def _remove_empty_folders(top: Path, folder: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (the ones this run created) while they are empty."""
+    for path in [folder, *folder.parents]:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        if path == top:
+            return
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -112,9 +180,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from refsr.hub import read_checkpoint, save_safetensors
     from refsr.models import convert_official
 
+    from refsr.io import check_output_file
+
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise RefsrError(f"{out}: the output must be a .safetensors file")
+    check_output_file(out, (".safetensors",), kind="weights", inputs=tuple(args.checkpoint))
     # AMSA's official weights come in three files (restoration net, feature_extraction.pth, texture VGG)
     # whose keys don't collide: they are merged before conversion.
     merged: dict = {}
@@ -152,11 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     up = sub.add_parser("upscale", help="super-resolve an image (or a folder of images) with a reference")
-    up.add_argument("lr", metavar="LR", help="the low-resolution image, or a folder of them")
+    up.add_argument("lr", metavar="LR", nargs="+",
+                    help="the low-resolution image; or several, a folder of them or a quoted pattern such as "
+                         "'frames/*.png' (then -o is a folder)")
     up.add_argument("--ref", action="append", default=[], metavar="REF",
                     help="a reference image; repeat for several (see --multi-ref); none = self-reference")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
-                    help="the output image (its extension picks the format), or a folder when LR is a folder")
+                    help="the output image (its extension picks the format), or a folder for several images "
+                         "(created with the first image written)")
     up.add_argument("--model", default="default", help="a model name from 'refsr.list_models()' (default: %(default)s)")
     up.add_argument("--weights", default=None, metavar="FILE",
                     help="weights: a .safetensors file or an official .pth checkpoint")
@@ -169,8 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "tile (default: %(default)s)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
     up.add_argument("--compare", default=None, metavar="PNG",
-                    help="also write a side-by-side image: bicubic | refsr | reference")
-    up.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+                    help="also write a side-by-side image: bicubic | refsr | reference (without --ref: the "
+                         "self-reference, the LR upscaled with bicubic)")
+    up.add_argument("--quality", type=int, default=None, metavar="Q",
+                    help="JPEG/WebP quality of the output, 1-100 (default: 95)")
+    up.add_argument("--keep-going", action="store_true",
+                    help="several images: skip the bad ones (each reported on its own line), upscale the rest, "
+                         "and end with exit status 2 if any was skipped")
+    up.add_argument("--progress", action="store_true",
+                    help="report progress even when stderr is not a terminal: one line per image")
+    up.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress bars or status lines (by default they are shown on a terminal only)")
     up.set_defaults(run=_cmd_upscale)
 
     from refsr.eval import add_eval_arguments, main_eval
@@ -220,9 +303,10 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``refsr`` console script. Returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        # Building the parser imports the eval and train commands (and torch): an interrupt there is caught too.
+        parser = build_parser()
+        args = parser.parse_args(argv)
         return int(args.run(args) or 0)
     except RefsrError as exc:
         sys.stderr.write(f"refsr: error: {exc}\n")
