@@ -53,6 +53,11 @@ __all__ = [
     "tensor_to_image",
     "pad_to_rule",
     "stitch_references",
+    "self_reference",
+    "encode_references",
+    "reference_runner",
+    "local_self_reference_runner",
+    "run_tiles",
     "parse_memory",
     "MemoryCost",
     "MEMORY_COSTS",
@@ -702,7 +707,7 @@ def _run_tiled(
 # ---------------------------------------------------------------------- references
 
 
-def _self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
+def self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
     """The LR upscaled with PIL bicubic: the stand-in reference when none is given (``(1,3,sh,sw)``)."""
     h, w = x.shape[-2:]
     return imresize((x * 255).round().to(torch.uint8), size=(h * scale, w * scale)).float().div_(255)
@@ -711,7 +716,7 @@ def _self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
 def _reference_tensors(ref: ImageLike | Sequence[ImageLike] | None, x: torch.Tensor, scale: int,
                        device: torch.device) -> list[torch.Tensor]:
     if ref is None:
-        return [_self_reference(x, scale)]
+        return [self_reference(x, scale)]
     if isinstance(ref, (list, tuple)):
         if not ref:
             raise RefsrError("an empty list of references was given; pass None for self-reference")
@@ -802,14 +807,11 @@ def upscale(
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
 
     if plan.local_self_reference:
-        run_tile = _local_self_reference_runner(net, scale)
+        run_tile = local_self_reference_runner(net, scale)
     else:
-        run_tile = _tile_runner(net, refs, plan.multi_ref, _takes_strips(net))
+        run_tile = _tile_runner(net, refs)
     del refs
-    if plan.tiles.tile is None:
-        sr = run_tile(xp)
-    else:
-        sr = _run_tiled(run_tile, xp, scale, plan.tiles, progress)
+    sr = run_tiles(run_tile, xp, scale, plan.tiles, progress)
     del run_tile, xp
     sr = sr[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
     # In place: at 4096^2 every float copy of the output is 200 MB.
@@ -861,11 +863,12 @@ def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int]
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def _local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A tile runner whose reference is each tile's own LR upscaled ``scale``x (see :class:`UpscalePlan`)."""
     rule: SizeRule = getattr(net, "size_rule", SizeRule())
 
     def run(tile: torch.Tensor) -> torch.Tensor:
-        ref = _self_reference(tile, scale)
+        ref = self_reference(tile, scale)
         ref = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0]
         return net(tile, ref)
 
@@ -889,28 +892,61 @@ def _strip_pixels(net: torch.nn.Module, ref_size: tuple[int, int]) -> int:
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def _tile_runner(net: torch.nn.Module, refs: list[torch.Tensor], mode: str,
-                 strips: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` with the references prepared once."""
-    if not refs:
-        return lambda tile: net(tile, None)
+def encode_references(net: torch.nn.Module, refs: Sequence[torch.Tensor]) -> list[Any]:
+    """Prepare each (padded) reference once, for any number of LR inputs (:func:`reference_runner`).
+
+    Models with ``encode_reference`` (MASA) get its cache, encoded in strips where the model can; for the
+    others the tensor itself is what is reused.
+    """
     encode = getattr(net, "encode_reference", None)
     if encode is None:
-        ref = refs[0]
+        return list(refs)
+    if _takes_strips(net):
+        return [encode(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
+    return [encode(r) for r in refs]
+
+
+def reference_runner(net: torch.nn.Module, prepared: Sequence[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` over references from :func:`encode_references`.
+
+    With several encoded references each tile is matched against every one and decoded with the one of the
+    best mean match score (``multi_ref="per-tile"``). A model that cannot encode a reference on its own takes
+    several references stitched (:func:`stitch_references`).
+    """
+    prepared = list(prepared)
+    if not prepared:
+        return lambda tile: net(tile, None)
+    if not hasattr(net, "encode_reference"):
+        rule: SizeRule = getattr(net, "size_rule", SizeRule())
+        ref = prepared[0]
+        if len(prepared) > 1:
+            ref = pad_to_rule(stitch_references(prepared, rule), rule.ref_multiple, rule.min_ref, rule.pad_mode,
+                              centre=False)[0]
         return lambda tile: net(tile, ref)
-    if strips:
-        caches = [encode(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
-    else:
-        caches = [encode(r) for r in refs]
-    refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
-    if len(caches) == 1:
-        cache = caches[0]
+    if len(prepared) == 1:
+        cache = prepared[0]
         return lambda tile: net(tile, reference_cache=cache)
 
     def per_tile(tile: torch.Tensor) -> torch.Tensor:
         # Matching is cheap next to decoding: match the tile against every reference, decode with the best.
-        scores = [float(net.match_reference(tile, c).score.mean()) for c in caches]
+        scores = [float(net.match_reference(tile, c).score.mean()) for c in prepared]
         best = int(np.argmax(scores))
-        return net(tile, reference_cache=caches[best])
+        return net(tile, reference_cache=prepared[best])
 
     return per_tile
+
+
+def run_tiles(run_tile: Callable[[torch.Tensor], torch.Tensor], xp: torch.Tensor, scale: int, tiles: TilePlan,
+              progress: bool | None) -> torch.Tensor:
+    """``run_tile`` on the padded LR ``xp (N,3,h,w)``, whole or in the tiles of ``tiles`` -> ``(N,3,sh,sw)``."""
+    if tiles.tile is None:
+        return run_tile(xp)
+    return _run_tiled(run_tile, xp, scale, tiles, progress)
+
+
+def _tile_runner(net: torch.nn.Module, refs: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`reference_runner` over ``refs``, which are encoded now and dropped from the caller's list."""
+    prepared = encode_references(net, refs)
+    if hasattr(net, "encode_reference"):
+        refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
+    return reference_runner(net, prepared)
