@@ -28,6 +28,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "list_models": ("refsr.models", "list_models"),
     "DEFAULT_MODEL": ("refsr.models", "DEFAULT_MODEL"),
     "upscale": ("refsr.inference", "upscale"),
+    "upscale_video": ("refsr.video", "upscale_video"),
     "imresize": ("refsr.imresize", "imresize"),
     "metrics": ("refsr.metrics", None),
     "matching": ("refsr.matching", None),
@@ -40,6 +41,7 @@ __all__ = [
     "convert_official",
     "list_models",
     "upscale",
+    "upscale_video",
     "imresize",
     "metrics",
     "matching",
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from refsr.hub import create_model
     from refsr.imresize import imresize
     from refsr.inference import upscale
+    from refsr.video import upscale_video
     from refsr.models import DEFAULT_MODEL, convert_official, list_models
 
 

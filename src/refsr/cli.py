@@ -32,11 +32,21 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     from refsr.batch import Reporter, make_jobs, progress_mode
     from refsr.inference import parse_memory, plan_upscale, resolve_device, resolve_model
     from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, check_output_path, read_image, read_image_size
+    from refsr.video import is_video_path
 
     # Cheap checks first: a typo in an option should not wait for the model to load.
     budget = parse_memory(args.max_memory)
     if args.tile is not None and args.tile < 1:
         raise RefsrError(f"--tile must be a positive number of LR pixels, got {args.tile}")
+    if len(args.lr) == 1 and is_video_path(args.lr[0]):
+        return _cmd_upscale_video(args, budget)
+    video_only = [name for name, value in (("--temporal", args.temporal), ("--ref-video", args.ref_video),
+                                           ("--ref-frames", args.ref_frames), ("--crf", args.crf),
+                                           ("--codec", args.codec)) if value not in (None, False)]
+    if video_only:
+        raise RefsrError(f"{video_only[0]} applies to a video input ({', '.join(sorted(_video_suffixes()))})")
+    if is_video_path(args.output):
+        raise RefsrError(f"{args.output}: a video output needs a video input, not images")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise RefsrError(f"--quality must be from 1 to 100, got {args.quality}")
     device = resolve_device(args.device)
@@ -104,6 +114,58 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     if failed:
         where = f" to {args.output}" if written else ""
         raise RefsrError(f"{failed} of {len(jobs)} images failed; {written} written{where}")
+    return 0
+
+
+def _video_suffixes() -> list[str]:
+    from refsr.video import VIDEO_FORMATS
+
+    return list(VIDEO_FORMATS)
+
+
+def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
+    """``refsr upscale clip.mp4 --ref still.jpg -o clip_x4.mp4``: see :mod:`refsr.video`."""
+    from refsr.batch import progress_mode
+    from refsr.inference import resolve_device, resolve_model
+    from refsr.io import read_image_size
+    from refsr.video import check_video_output, run_video
+
+    for name, value in (("--compare", args.compare), ("--quality", args.quality)):
+        if value is not None:
+            raise RefsrError(f"{name} applies to image outputs; for a video use --crf and --codec")
+    if args.keep_going:
+        raise RefsrError("--keep-going applies to several images; a video is written whole or not at all")
+    device = resolve_device(args.device)
+    source = Path(args.lr[0])
+    check_video_output(args.output, source, args.codec, args.crf)
+    refs = [Path(r) for r in args.ref]
+    for ref in refs:
+        if ref.is_dir():
+            raise RefsrError(f"{ref}: the reference is a folder; give still image files")
+        read_image_size(ref)
+    model = resolve_model(args.model, args.weights)
+    mode = progress_mode(args.quiet, args.progress)
+    every = None
+
+    def on_frame(done: int, total: int | None) -> None:
+        nonlocal every
+        if mode == "lines":  # a log: a line every tenth of the clip (or 100 frames), not a redrawn bar
+            every = every or max(1, (total or 1000) // 10)
+            if done % every == 0 or done == total:
+                sys.stderr.write(f"{source}: {done}/{total or '?'} frames\n")
+
+    result = run_video(source, args.output, [str(r) for r in refs] or None, model=model, device=device,
+                       max_memory=budget, tile=args.tile, multi_ref=args.multi_ref, temporal=args.temporal,
+                       ref_video=args.ref_video, ref_frames=args.ref_frames, crf=args.crf, codec=args.codec,
+                       progress=mode == "bar", on_frame=on_frame)
+    print(result.path, flush=True)
+    if mode != "off":
+        name = _default_model_name() if args.model == "default" else args.model
+        plan = result.plan
+        tiles = "1 tile" if plan.tile_count == 1 else f"{plan.tile_count} tiles of {plan.tiles.tile} LR px"
+        audio = f", {result.audio_streams} audio stream(s) kept" if result.audio_streams else ""
+        sys.stderr.write(f"{result.path}: {name} on {device}, {result.frames} frames, {tiles} per frame{audio}, "
+                         f"{result.seconds:.1f} s\n")
     return 0
 
 
@@ -222,10 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    up = sub.add_parser("upscale", help="super-resolve an image (or a folder of images) with a reference")
+    up = sub.add_parser("upscale", help="super-resolve an image, a folder of images or a video with references")
     up.add_argument("lr", metavar="LR", nargs="+",
                     help="the low-resolution image; or several, a folder of them or a quoted pattern such as "
-                         "'frames/*.png' (then -o is a folder)")
+                         "'frames/*.png' (then -o is a folder); or a video file")
     up.add_argument("--ref", action="append", default=[], metavar="REF",
                     help="a reference image; repeat for several (see --multi-ref); none = self-reference")
     up.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -254,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="report progress even when stderr is not a terminal: one line per image")
     up.add_argument("-q", "--quiet", action="store_true",
                     help="no progress bars or status lines (by default they are shown on a terminal only)")
+    vid = up.add_argument_group("video (LR is a .mp4, .mkv, .mov or .avi file; -o a video file)")
+    vid.add_argument("--temporal", action="store_true",
+                     help="offer the previous output frame as one more reference, so that detail from a still "
+                          "carries on to the frames after it")
+    vid.add_argument("--ref-video", default=None, metavar="HR_VIDEO",
+                     help="a high-resolution version of the same clip: every --ref-frames-th frame of it is a "
+                          "still for the frames around it")
+    vid.add_argument("--ref-frames", type=int, default=None, metavar="N",
+                     help="the spacing of the stills taken from --ref-video (default: 16)")
+    vid.add_argument("--crf", type=int, default=None, metavar="CRF",
+                     help="constant rate factor of the output video, 0-51 for H.264 (default: 18; lower is better)")
+    vid.add_argument("--codec", default=None, metavar="NAME",
+                     help="video encoder (default: H.264 via PyAV, libx264 where available)")
     up.set_defaults(run=_cmd_upscale)
 
     from refsr.eval import add_eval_arguments, main_eval
