@@ -15,8 +15,8 @@ machine the wall time is about half of it), and the peak resident set size (``ru
 interpreter and PyTorch included, as the official figures were measured). "Extra" is the peak minus the
 resident size just before the first forward (model and inputs already in memory).
 
-Official reference figures (``reference/official-implementations.md`` section 9, same 2-core machine
-type, random weights, best of 3): LR 128^2 with Ref 512^2: about 14 s and 3.6 GB; CUFED5's five stacked
+Official reference figures (the official MASA-SR code, measured once on the same 2-core machine type,
+random weights, best of 3): LR 128^2 with Ref 512^2: about 14 s and 3.6 GB; CUFED5's five stacked
 references (LR 88x128, Ref 2560x512): 41 s and 10 GB. Targets here: <= 6 s and <= 1.5 GB, and <= 4 GB for
 the stacked shape.
 """

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from refsr.errors import RefsrError
+from refsr.models import RefSRModel
 
 KINDS = ("video", "stereo")
 SCALE = 8
@@ -127,10 +128,10 @@ def build_methods(*, model_name: str = "refsrnet", weights: str | None = None, s
     ]
 
 
-class _FusionView(torch.nn.Module):
+class _FusionView(RefSRModel):
     """The wrapped RefSR-Net with ``fusion`` switched for the duration of each forward (weights shared)."""
 
-    def __init__(self, network: torch.nn.Module, fusion: str) -> None:
+    def __init__(self, network: RefSRModel, fusion: str) -> None:
         super().__init__()
         self.network = network
         self.fusion = fusion

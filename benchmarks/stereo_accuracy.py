@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/stereo_accuracy.py --quick            # Motorcycle at 1/4 size, every method
     python benchmarks/stereo_accuracy.py                    # Motorcycle and Aloe at 1/2 size (slow: dense)
-    python benchmarks/stereo_accuracy.py --ccnet-weights ccnet.safetensors --methods zncc,zncc-blurred,ccnet
+    python benchmarks/stereo_accuracy.py --methods zncc,zncc-blurred,ccnet \
+        --ccnet-weights runs/ccnet/checkpoints/last/model.safetensors
     python benchmarks/stereo_accuracy.py --sr-scale 1 --methods dense,mem,patchmatch   # same-scale matching
 
 RefSR-Net (Zheng et al., BMVC 2017) Table 2 measures how often the match of an LR pixel (the LR bilinearly
@@ -33,7 +34,8 @@ Protocol:
     (:func:`refsr.matching.zncc.blur_like_lr`: PIL bicubic ÷s then bilinear ×s);
   - ``ccnet``: CC-Net descriptors (:class:`refsr.models.refsrnet.CCNet`) of the query and the reference,
     :func:`refsr.matching.ccnet.match_ccnet` (inner product, 1x1) within ``--search-range``. With
-    ``--ccnet-weights FILE`` (a CC-Net state_dict, e.g. ``refsr train``'s ``ccnet.safetensors``, or a
+    ``--ccnet-weights FILE`` (a CC-Net state_dict, e.g. a ``task: ccnet`` run's
+    ``checkpoints/last/model.safetensors``, or a
     ``refsrnet`` checkpoint with ``ccnet.`` keys) the row is "CC-Net"; without, the network keeps its seeded
     random initialisation and the row is labelled "CC-Net (random init)": it only exercises the pipeline.
 * **Window.** ``--search-range`` R (default 100, the paper's test-time value, in pixels of the matched

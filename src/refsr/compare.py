@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from refsr.inference import image_to_tensor
+from refsr.io import write_image
 
 __all__ = ["side_by_side", "write_comparison"]
 
@@ -109,6 +110,4 @@ def write_comparison(
     labels: Sequence[str] = ("bicubic", "refsr", "reference"),
 ) -> os.PathLike:
     """Write :func:`side_by_side` to ``path`` atomically (the format follows the extension); returns the path."""
-    from refsr.io import write_image
-
     return write_image(path, side_by_side(lr, sr, ref, labels=labels))

@@ -1,15 +1,14 @@
 """Running a model on one's own images: :func:`upscale`.
 
-This is the path users want most (see ``ecosystem.md``, part 1): any LR and reference size, no ground truth.
-It turns images into tensors, pads them to the model's :class:`~refsr.models.SizeRule`, runs the model (in
+This is the path users want most: any LR and reference size, no ground truth. It turns images into tensors, pads them to the model's :class:`~refsr.models.SizeRule`, runs the model (in
 overlapping tiles when the whole image would not fit the memory budget), crops the padding away and turns
 the result back into the caller's image type.
 
-Memory. Every model family has a :class:`MemoryCost`, a small table of bytes per pixel (declared as data in
-``MEMORY_COSTS`` and calibrated by ``benchmarks/upscale.py --calibrate`` from the peak RSS of a child
-process). :func:`predict_peak_memory` turns it into a predicted peak for given sizes and a tile side, and
-:func:`choose_tile` picks the largest tile whose prediction fits ``max_memory``. Models that can encode the
-reference once (``encode_reference``, e.g. MASA) do so before the first tile, so each tile pays only for
+Memory. Every model declares its :class:`~refsr.models.MemoryCost` (``model.memory_cost``), a small table of
+bytes per pixel calibrated by ``benchmarks/upscale.py --calibrate`` from the peak RSS of a child process.
+:func:`predict_peak_memory` turns it into a predicted peak for given sizes and a tile side, and
+:func:`choose_tile` picks the largest tile whose prediction fits ``max_memory``. Models that cache their
+reference (``caches_reference``, e.g. MASA) encode it once before the first tile, so each tile pays only for
 its LR side, the matching and the decoder.
 
 Tiles. Tiles start on the model's LR grid (multiples of ``size_rule.lr_multiple``), so MASA's 8x8 matching
@@ -25,12 +24,11 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -38,20 +36,21 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refsr.devices import resolve_device
 from refsr.errors import RefsrError
+from refsr.hub import create_model
 from refsr.imresize import imresize
 from refsr.io import _to_rgb8, read_image, read_image_size
-from refsr.models import DEFAULT_MODEL
-from refsr.models._size import SizeRule, padded_size
+from refsr.models import DEFAULT_MODEL, MemoryCost, RefSRModel, get_entry, list_models
+from refsr.models._base import pad_inputs
+from refsr.models._size import SizeRule, pad_to_rule, padded_size
 
 __all__ = [
     "upscale",
     "resolve_model",
-    "resolve_device",
     "image_to_tensor",
     "image_size",
     "tensor_to_image",
-    "pad_to_rule",
     "stitch_references",
     "self_reference",
     "encode_references",
@@ -59,9 +58,6 @@ __all__ = [
     "local_self_reference_runner",
     "run_tiles",
     "parse_memory",
-    "MemoryCost",
-    "MEMORY_COSTS",
-    "memory_cost",
     "predict_peak_memory",
     "choose_tile",
     "TilePlan",
@@ -144,55 +140,38 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return t[0].detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"auto"``, checked to be usable.
+def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None, *,
+                  random_weights: bool = False) -> RefSRModel:
+    """The model to run: a module as it is, or a registered name with its trained weights.
 
-    ``"auto"`` is CUDA if there is a GPU, else MPS if available, else the CPU.
+    A name means that model *with its shipped weights* (``"default"`` is the shipped default model), or with
+    ``weights`` (a file, or ``"default"``) when given. A name that ships no weights and gets no file is an
+    error that lists the models that do, unless ``random_weights`` asks for an untrained network on purpose
+    (e.g. to time it). Models without parameters (``bicubic``) need no weights.
     """
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise RefsrError(f"unknown device {device!r} ({exc}); use cpu, cuda, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RefsrError("device 'cuda' was asked for, but no CUDA GPU is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise RefsrError(f"device {device!r} does not exist ({torch.cuda.device_count()} GPUs); use cuda:0")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RefsrError("device 'mps' was asked for, but Apple's MPS is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise RefsrError(f"unsupported device {device!r}; use cpu, cuda, mps or auto")
-    return dev
-
-
-def resolve_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None) -> torch.nn.Module:
-    """A model from a registered name (``"default"`` is the shipped default model) or a module as it is."""
     if isinstance(model, torch.nn.Module):
+        if not isinstance(model, RefSRModel):
+            raise RefsrError(f"a {type(model).__name__} is not a refsr model: subclass refsr.models.RefSRModel, "
+                             "which declares scale, size_rule, uses_ref and the rest that upscale reads")
         return model
-    from refsr.hub import create_model
-
-    if model == "default":
-        return create_model(DEFAULT_MODEL, weights="default" if weights is None else weights)
-    return create_model(model, weights=weights)
-
-
-def pad_to_rule(x: torch.Tensor, multiple: int, minimum: int, mode: str, centre: bool) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad ``x (N,C,H,W)`` so both sides divide by ``multiple`` and are at least ``minimum``.
-
-    Returns the padded tensor and the ``(top, left)`` padding, so the caller can crop the output back.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
-    if ph == 0 and pw == 0:
-        return x, (0, 0)
-    top, left = (ph // 2, pw // 2) if centre else (0, 0)
-    # "replicate" and "constant" pad any amount; only "reflect" needs pad < size.
-    x = F.pad(x, (left, pw - left, top, ph - top), mode=mode)
-    return x, (top, left)
+    name = DEFAULT_MODEL if model == "default" else model
+    if weights is not None:
+        if random_weights:
+            raise RefsrError("give weights or ask for random weights, not both")
+        return create_model(name, weights=weights)
+    if random_weights:
+        return create_model(name).eval()
+    entry = get_entry(name)
+    if entry.weights is None:
+        net = create_model(name)
+        if any(True for _ in net.parameters()):
+            shipped = ", ".join(list_models(pretrained=True)) or "none"
+            raise RefsrError(
+                f"model {name!r} ships no trained weights (models that do: {shipped}; see 'refsr models'); give "
+                "--weights FILE (weights=), or --random-weights (random_weights=True) to run it untrained"
+            )
+        return net.eval()
+    return create_model(name, weights="default")
 
 
 def stitch_references(refs: Sequence[torch.Tensor], rule: SizeRule) -> torch.Tensor:
@@ -245,94 +224,8 @@ def _format_memory(size: float, *, round_up: bool = False) -> str:
     return f"{rounding(size / 2**20):.0f} MB"
 
 
-@dataclass(frozen=True)
-class MemoryCost:
-    """A model family's peak memory, in bytes, as a sum of terms (see :func:`predict_peak_memory`).
-
-    Attributes:
-        fixed: the process with torch loaded and a tiny input run (interpreter, libraries, allocator).
-        per_parameter: per model parameter (the weights, float32).
-        per_image_pixel: per LR pixel of the whole (padded) image: the output canvas, the uint8 result and
-            the encoded file, which live for the whole run.
-        per_tile_pixel: per LR pixel of one tile: the model's working set for the LR side, the matching's
-            per-pixel buffers, the texture transfer and the decoder (the largest term).
-        per_ref_pixel: per reference pixel, the cached reference features kept for every tile.
-        per_ref_pixel_encoding: per reference pixel being encoded at once (the whole reference, or one strip
-            of it), the encoder's working set on top of the cached features.
-        per_match: per (tile LR pixel x Ref↓ pixel), for models whose matching is not chunked.
-        matching_workspace: a fixed working set of the matching (MEM's chunk budget).
-        context: LR pixels a tile discards at each inner edge (about the receptive field that matters).
-        ramp: LR pixels over which neighbouring tiles cross-fade.
-    """
-
-    fixed: int
-    per_parameter: float = 4.0
-    per_image_pixel: float = 0.0
-    per_tile_pixel: float = 0.0
-    per_ref_pixel: float = 0.0
-    per_ref_pixel_encoding: float = 0.0
-    per_match: float = 0.0
-    matching_workspace: int = 0
-    context: int = 16
-    ramp: int = 16
-
-
-#: Cost tables by model class name, calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
-#: (torch 2.13, 2 threads). For MASA the per-pixel terms were measured on ``masa-lite`` (nf = 32) and
-#: scale with ``nf / 32`` (every large map has nf channels); see :func:`memory_cost`. The margin
-#: ``MEMORY_MARGIN`` is applied on top.
-MEMORY_COSTS: dict[str, MemoryCost] = {
-    "MASA": MemoryCost(
-        fixed=300 * 2**20,
-        # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
-        per_image_pixel=320,
-        # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
-        # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
-        per_tile_pixel=22_000,
-        # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
-        per_ref_pixel=230,
-        # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
-        per_ref_pixel_encoding=700,
-        matching_workspace=256 * 2**20,
-        context=16,
-        ramp=16,
-    ),
-    "BicubicUpsampler": MemoryCost(
-        fixed=300 * 2**20,
-        per_image_pixel=320,
-        per_tile_pixel=16 * 3 * 4 * 4,
-        context=4,
-        ramp=4,
-    ),
-}
-
-#: For models with no entry: generous, so that the budget errs on the safe side.
-GENERIC_MEMORY_COST = MemoryCost(fixed=400 * 2**20, per_image_pixel=256, per_tile_pixel=40_000,
-                                 per_ref_pixel=600, per_ref_pixel_encoding=1200, per_match=8.0, context=32, ramp=16)
-
 #: Predictions are multiplied by this: the measured peaks vary by a few percent from run to run (allocator).
 MEMORY_MARGIN = 1.15
-
-
-def memory_cost(model: torch.nn.Module) -> MemoryCost:
-    """The :class:`MemoryCost` of ``model``: its own ``memory_cost`` attribute, ``MEMORY_COSTS``, or a generic one."""
-    own = getattr(model, "memory_cost", None)
-    if isinstance(own, MemoryCost):
-        return own
-    name = type(model).__name__
-    cost = MEMORY_COSTS.get(name)
-    if cost is None:
-        return GENERIC_MEMORY_COST
-    if name == "MASA":
-        width = float(getattr(model, "config", {}).get("nf", 32)) / 32
-        cost = replace(
-            cost,
-            per_tile_pixel=cost.per_tile_pixel * width,
-            per_ref_pixel=cost.per_ref_pixel * width,
-            per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
-            matching_workspace=int(getattr(model, "match_max_bytes", 256 * 2**20)),
-        )
-    return cost
 
 
 def _parameter_count(model: torch.nn.Module) -> int:
@@ -399,7 +292,7 @@ def _overlap_for(cost: MemoryCost, rule: SizeRule) -> tuple[int, int, int]:
 
 
 def choose_tile(
-    model: torch.nn.Module,
+    model: RefSRModel,
     image_size: tuple[int, int],
     ref_pixels: int,
     max_memory: int,
@@ -417,8 +310,8 @@ def choose_tile(
     Raises:
         RefsrError: when nothing fits; the message says what budget would.
     """
-    cost = memory_cost(model)
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    cost = model.memory_cost
+    rule = model.size_rule
     context, ramp, overlap = _overlap_for(cost, rule)
     h, w = image_size
     peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
@@ -445,10 +338,10 @@ def choose_tile(
     )
 
 
-def _peak_function(model: torch.nn.Module, image_size: tuple[int, int], ref_pixels: int,
+def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: int,
                    ref_down_pixels: int | None, ref_strip_pixels: int | None) -> Callable[[int, int], int]:
     """``(tile h, tile w) -> predicted peak`` for ``model`` on a padded LR of ``image_size``."""
-    cost = memory_cost(model)
+    cost = model.memory_cost
     parameters = _parameter_count(model)
 
     def peak(th: int, tw: int) -> int:
@@ -459,15 +352,15 @@ def _peak_function(model: torch.nn.Module, image_size: tuple[int, int], ref_pixe
     return peak
 
 
-def _smallest_tile(model: torch.nn.Module) -> int:
+def _smallest_tile(model: RefSRModel) -> int:
     """The smallest tile side :func:`choose_tile` uses: twice the overlap, on the model's LR grid."""
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
-    overlap = _overlap_for(memory_cost(model), rule)[2]
+    rule = model.size_rule
+    overlap = _overlap_for(model.memory_cost, rule)[2]
     return padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
 
 
 def minimum_budget(
-    model: torch.nn.Module,
+    model: RefSRModel,
     image_size: tuple[int, int],
     ref_pixels: int,
     *,
@@ -479,7 +372,7 @@ def minimum_budget(
 
     That is the predicted peak at the smallest usable tile, or at ``tile`` when one is forced.
     """
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    rule = model.size_rule
     smallest = _smallest_tile(model)
     side = smallest if tile is None else padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
     peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
@@ -532,7 +425,7 @@ def padded_reference_sizes(rule: SizeRule, sizes: Sequence[tuple[int, int]], mod
 
 
 def plan_upscale(
-    model: torch.nn.Module,
+    model: RefSRModel,
     lr_size: tuple[int, int],
     ref_sizes: Sequence[tuple[int, int]] | None,
     max_memory: int,
@@ -559,14 +452,13 @@ def plan_upscale(
     """
     if multi_ref not in MULTI_REF_MODES:
         raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
-    scale = int(getattr(model, "scale", 4))
+    rule, scale = model.size_rule, int(model.scale)
     h, w = lr_size
     padded = (padded_size(h, rule.lr_multiple, rule.min_lr), padded_size(w, rule.lr_multiple, rule.min_lr))
     self_reference = ref_sizes is None
     refs: list[tuple[int, int]] = []
     mode = "stitch"
-    if getattr(model, "uses_ref", True):
+    if model.uses_ref:
         given = [(h * scale, w * scale)] if self_reference else list(ref_sizes)  # type: ignore[arg-type]
         if not given:
             raise RefsrError("an empty list of references was given; pass None for self-reference")
@@ -574,7 +466,7 @@ def plan_upscale(
         refs = padded_reference_sizes(rule, given, mode)
     ref_pixels = sum(rh * rw for rh, rw in refs)
     ref_down_pixels = max((rh * rw for rh, rw in refs), default=0) // 16
-    strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if _takes_strips(model) else None
+    strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if model.caches_reference else None
     try:
         tiles = choose_tile(model, padded, ref_pixels, max_memory, tile=tile, ref_down_pixels=ref_down_pixels,
                             ref_strip_pixels=strip_pixels)
@@ -598,11 +490,11 @@ def plan_upscale(
                         max_memory, tile, lr_name, ref_names)
 
 
-def _budget_error(model: torch.nn.Module, padded: tuple[int, int], lr_size: tuple[int, int],
+def _budget_error(model: RefSRModel, padded: tuple[int, int], lr_size: tuple[int, int],
                   refs: list[tuple[int, int]], ref_sizes: Sequence[tuple[int, int]] | None, needed: int,
                   budget: int, tile: int | None, lr_name: str, ref_names: Sequence[str] | None) -> RefsrError:
     """The one-line error for a budget that nothing fits: who is too large, and the budget that works."""
-    cost = memory_cost(model)
+    cost = model.memory_cost
     at_least = _format_memory(needed, round_up=True)
     advice = f"raise --max-memory (max_memory=) to at least {at_least}"
     image_part = MEMORY_MARGIN * cost.per_image_pixel * padded[0] * padded[1]
@@ -724,11 +616,11 @@ def _reference_tensors(ref: ImageLike | Sequence[ImageLike] | None, x: torch.Ten
     return [image_to_tensor(ref).to(device)]
 
 
-def _resolve_multi_ref(multi_ref: str, model: torch.nn.Module) -> str:
+def _resolve_multi_ref(multi_ref: str, model: RefSRModel) -> str:
     if multi_ref not in MULTI_REF_MODES:
         raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
     mode = AUTO_MULTI_REF if multi_ref == "auto" else multi_ref
-    if mode == "per-tile" and not hasattr(model, "encode_reference"):
+    if mode == "per-tile" and not model.caches_reference:
         # Choosing per tile needs the model's matching on its own; without it, stitch.
         return "stitch"
     return mode
@@ -744,6 +636,7 @@ def upscale(
     *,
     model: str | torch.nn.Module = "default",
     weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
     tile: int | None = None,
     device: str | torch.device = "cpu",
     max_memory: int | str = DEFAULT_MAX_MEMORY,
@@ -758,9 +651,11 @@ def upscale(
         ref: the reference (same types), a list of references, or ``None`` for self-reference: the LR
             upscaled with PIL bicubic stands in as its own reference. When that whole self-reference does
             not fit ``max_memory`` (a large LR), each tile takes its own upscaled LR as its reference.
-        model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``.
-        weights: for a model name, what :func:`refsr.create_model` should load; ``None`` means the shipped
-            weights for ``"default"`` and random initialisation otherwise.
+        model: a registered model name, ``"default"`` (the shipped default model), or an ``nn.Module``. A name
+            runs with its shipped weights; one that ships none needs ``weights`` or ``random_weights``.
+        weights: for a model name, a weights file (``.safetensors`` or an official ``.pth``) or ``"default"``;
+            ``None``: the name's shipped weights.
+        random_weights: run a name that ships no weights untrained, on purpose (e.g. for timing).
         tile: the tile side in LR pixels; ``None`` chooses it from ``max_memory`` (the whole image when it
             fits).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
@@ -780,14 +675,13 @@ def upscale(
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
-    net = resolve_model(model, weights).to(dev).eval()
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
-    scale = int(getattr(net, "scale", 4))
+    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
+    rule, scale = net.size_rule, net.scale
 
     # Plan from the sizes first (a file's header only): an image that cannot fit the budget is refused
     # before it is decoded.
     given = None if ref is None else (list(ref) if isinstance(ref, (list, tuple)) else [ref])
-    uses_ref = getattr(net, "uses_ref", True)
+    uses_ref = net.uses_ref
     plan = plan_upscale(
         net, image_size(lr), [image_size(r) for r in given] if given is not None and uses_ref else None,
         budget, tile=tile, multi_ref=multi_ref, lr_name=_input_name(lr, "the LR image"),
@@ -795,16 +689,15 @@ def upscale(
     )
 
     x = image_to_tensor(lr).to(dev)
-    h, w = x.shape[-2:]
-    xp, (top, left) = pad_to_rule(x, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
-    del x
-
+    padded = pad_inputs(net, x)
     refs: list[torch.Tensor] = []
     if uses_ref and not plan.local_self_reference:
-        refs = _reference_tensors(ref, xp[..., top : top + h, left : left + w], scale, dev)
+        refs = _reference_tensors(ref, x, scale, dev)
         if plan.multi_ref == "stitch" and len(refs) > 1:
             refs = [stitch_references(refs, rule)]
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
+    del x
+    xp = padded.lr
 
     if plan.local_self_reference:
         run_tile = local_self_reference_runner(net, scale)
@@ -813,7 +706,7 @@ def upscale(
     del refs
     sr = run_tiles(run_tile, xp, scale, plan.tiles, progress)
     del run_tile, xp
-    sr = sr[..., top * scale : (top + h) * scale, left * scale : (left + w) * scale]
+    sr = padded.crop(sr)
     # In place: at 4096^2 every float copy of the output is 200 MB.
     out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     del sr
@@ -843,10 +736,10 @@ def _input_name(image: ImageLike, fallback: str) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else fallback
 
 
-def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int], scale: int,
+def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], scale: int,
                                budget: int) -> TilePlan:
     """The largest tile whose run fits ``budget`` when its reference is the tile's own LR upscaled ``scale``x."""
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+    rule = net.size_rule
     h, w = image_size
     last_error: RefsrError | None = None
     # whole-image sides are skipped: the whole LR with its whole self-reference has just failed to fit
@@ -863,9 +756,9 @@ def _local_self_reference_plan(net: torch.nn.Module, image_size: tuple[int, int]
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def local_self_reference_runner(net: RefSRModel, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """A tile runner whose reference is each tile's own LR upscaled ``scale``x (see :class:`UpscalePlan`)."""
-    rule: SizeRule = getattr(net, "size_rule", SizeRule())
+    rule = net.size_rule
 
     def run(tile: torch.Tensor) -> torch.Tensor:
         ref = self_reference(tile, scale)
@@ -875,38 +768,30 @@ def local_self_reference_runner(net: torch.nn.Module, scale: int) -> Callable[[t
     return run
 
 
-def _takes_strips(net: torch.nn.Module) -> bool:
-    encode = getattr(net, "encode_reference", None)
-    return encode is not None and "strip_rows" in inspect.signature(encode).parameters
-
-
 def _strip_rows(width: int) -> int:
     """Rows of a reference strip of about ``REF_STRIP_PIXELS`` pixels (a multiple of 4, at least 64)."""
     return max(64, REF_STRIP_PIXELS // max(width, 1) // 4 * 4)
 
 
-def _strip_pixels(net: torch.nn.Module, ref_size: tuple[int, int]) -> int:
+def _strip_pixels(net: RefSRModel, ref_size: tuple[int, int]) -> int:
     """Pixels the model encodes at once for a reference of ``ref_size`` (h, w) when it encodes in strips."""
-    halo = int(getattr(net, "encoder_halo", lambda: 0)())
+    halo = net.encoder_halo()
     height, width = ref_size
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def encode_references(net: torch.nn.Module, refs: Sequence[torch.Tensor]) -> list[Any]:
+def encode_references(net: RefSRModel, refs: Sequence[torch.Tensor]) -> list[Any]:
     """Prepare each (padded) reference once, for any number of LR inputs (:func:`reference_runner`).
 
-    Models with ``encode_reference`` (MASA) get its cache, encoded in strips where the model can; for the
+    Models that cache their reference (``caches_reference``, MASA) get its cache, encoded in strips; for the
     others the tensor itself is what is reused.
     """
-    encode = getattr(net, "encode_reference", None)
-    if encode is None:
+    if not net.caches_reference:
         return list(refs)
-    if _takes_strips(net):
-        return [encode(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
-    return [encode(r) for r in refs]
+    return [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
 
 
-def reference_runner(net: torch.nn.Module, prepared: Sequence[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def reference_runner(net: RefSRModel, prepared: Sequence[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` over references from :func:`encode_references`.
 
     With several encoded references each tile is matched against every one and decoded with the one of the
@@ -916,8 +801,8 @@ def reference_runner(net: torch.nn.Module, prepared: Sequence[Any]) -> Callable[
     prepared = list(prepared)
     if not prepared:
         return lambda tile: net(tile, None)
-    if not hasattr(net, "encode_reference"):
-        rule: SizeRule = getattr(net, "size_rule", SizeRule())
+    if not net.caches_reference:
+        rule = net.size_rule
         ref = prepared[0]
         if len(prepared) > 1:
             ref = pad_to_rule(stitch_references(prepared, rule), rule.ref_multiple, rule.min_ref, rule.pad_mode,
@@ -944,9 +829,9 @@ def run_tiles(run_tile: Callable[[torch.Tensor], torch.Tensor], xp: torch.Tensor
     return _run_tiled(run_tile, xp, scale, tiles, progress)
 
 
-def _tile_runner(net: torch.nn.Module, refs: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+def _tile_runner(net: RefSRModel, refs: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """:func:`reference_runner` over ``refs``, which are encoded now and dropped from the caller's list."""
     prepared = encode_references(net, refs)
-    if hasattr(net, "encode_reference"):
+    if net.caches_reference:
         refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
     return reference_runner(net, prepared)

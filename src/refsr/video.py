@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refsr.devices import resolve_device
 from refsr.errors import RefsrError
 from refsr.inference import (
     DEFAULT_MAX_MEMORY,
@@ -58,18 +59,16 @@ from refsr.inference import (
     image_size,
     image_to_tensor,
     local_self_reference_runner,
-    pad_to_rule,
     parse_memory,
     plan_upscale,
     reference_runner,
-    resolve_device,
     resolve_model,
     run_tiles,
     self_reference,
     stitch_references,
 )
 from refsr.io import atomic_output, check_output_file, read_image
-from refsr.models._size import SizeRule
+from refsr.models import pad_inputs, pad_to_rule
 
 __all__ = [
     "upscale_video",
@@ -210,7 +209,7 @@ class FrameUpscaler:
         frame_size: ``(h, w)`` of every frame.
         still_sizes: ``(h, w)`` of the stills offered to a frame at most at once (for the memory plan).
         temporal: offer the previous output as one more reference.
-        weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`.
+        weights, random_weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`.
         progress: a bar over tiles (``None``: only on a terminal).
         frame_name, still_names: how budget errors name the frames and the stills.
 
@@ -226,6 +225,7 @@ class FrameUpscaler:
         still_sizes: Sequence[tuple[int, int]] = (),
         temporal: bool = False,
         weights: PathLike | None = None,
+        random_weights: bool = False,
         device: str | torch.device = "cpu",
         max_memory: int | str = DEFAULT_MAX_MEMORY,
         tile: int | None = None,
@@ -238,10 +238,10 @@ class FrameUpscaler:
             raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
         budget = parse_memory(max_memory)
         self.device = resolve_device(device)
-        self.net = resolve_model(model, weights).to(self.device).eval()
-        self.rule: SizeRule = getattr(self.net, "size_rule", SizeRule())
-        self.scale = int(getattr(self.net, "scale", 4))
-        self.uses_ref = bool(getattr(self.net, "uses_ref", True))
+        self.net = resolve_model(model, weights, random_weights=random_weights).to(self.device).eval()
+        self.rule = self.net.size_rule
+        self.scale = int(self.net.scale)
+        self.uses_ref = bool(self.net.uses_ref)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self.temporal = bool(temporal) and self.uses_ref
         self.progress = progress
@@ -282,10 +282,9 @@ class FrameUpscaler:
             raise RefsrError(f"a frame of {frame.shape[1]}x{frame.shape[0]} among frames of "
                              f"{self.frame_size[1]}x{self.frame_size[0]}: the video changes size, which refsr "
                              "does not support")
-        h, w = self.frame_size
         x = image_to_tensor(frame).to(self.device)
-        xp, (top, left) = pad_to_rule(x, self.rule.lr_multiple, self.rule.min_lr, self.rule.pad_mode,
-                                      self.rule.centre_lr)
+        padded = pad_inputs(self.net, x)
+        xp = padded.lr
         if not self.uses_ref:
             run_tile = reference_runner(self.net, [])
         elif self.plan.local_self_reference:
@@ -300,7 +299,7 @@ class FrameUpscaler:
         del x
         sr = run_tiles(run_tile, xp, self.scale, self.plan.tiles, self.progress)
         del run_tile, xp
-        sr = sr[..., top * self.scale : (top + h) * self.scale, left * self.scale : (left + w) * self.scale]
+        sr = padded.crop(sr)
         out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         if self.temporal:
             self._previous = out
@@ -568,6 +567,7 @@ def run_video(
     *,
     model: str | torch.nn.Module = "default",
     weights: PathLike | None = None,
+    random_weights: bool = False,
     device: str | torch.device = "cpu",
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     tile: int | None = None,
@@ -604,9 +604,9 @@ def run_video(
     clip = _Clip(source)
     hr_stills: _StillsFromVideo | None = None
     try:
-        net = resolve_model(model, weights)
+        net = resolve_model(model, weights, random_weights=random_weights)
         with _ffmpeg(str(source)):
-            out_size = (clip.size[0] * int(getattr(net, "scale", 4)), clip.size[1] * int(getattr(net, "scale", 4)))
+            out_size = (clip.size[0] * int(net.scale), clip.size[1] * int(net.scale))
             if ref_video is not None:
                 hr_stills = _StillsFromVideo(Path(ref_video), spacing, out_size)
                 still_sizes += [out_size, out_size]
@@ -710,6 +710,7 @@ def upscale_video(
     *,
     model: str | torch.nn.Module = "default",
     weights: PathLike | None = None,
+    random_weights: bool = False,
     device: str | torch.device = "cpu",
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     tile: int | None = None,
@@ -728,7 +729,8 @@ def upscale_video(
         output: the output video; its extension (``.mp4``, ``.mkv``, ``.mov``, ``.avi``) picks the container.
         ref: stills offered to every frame: an image (PIL, array or path) or a list of them; ``None`` for
             none (each frame is then its own reference, unless ``ref_video`` gives stills).
-        model, weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`, per frame.
+        model, weights, random_weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`, per
+            frame.
         temporal: offer the previous output frame as one more reference.
         ref_video: a high-resolution version of the same clip; every ``ref_frames``-th frame is a still for
             the frames around it.
@@ -744,6 +746,7 @@ def upscale_video(
         RefsrError: an unreadable, corrupt or non-video input (nothing is written), a bad output name,
             codec or CRF, a reference video of another aspect ratio, or a budget too small.
     """
-    return run_video(video, output, ref, model=model, weights=weights, device=device, max_memory=max_memory,
+    return run_video(video, output, ref, model=model, weights=weights, random_weights=random_weights,
+                     device=device, max_memory=max_memory,
                      tile=tile, multi_ref=multi_ref, temporal=temporal, ref_video=ref_video, ref_frames=ref_frames,
                      crf=crf, codec=codec, progress=progress).path

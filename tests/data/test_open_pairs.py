@@ -49,7 +49,7 @@ def test_bikes_pairs_match_the_manifest(bikes) -> None:
     rows = bikes_rows()
     assert len(bikes) == len(rows) == 47
     assert bikes.names == [r["pair_id"] for r in rows]
-    # SOURCES.md: the shots are cut at these frames, and a pair never spans a cut.
+    # The clip's shots are cut at these frames (manifest_pairs.csv), and a pair never spans a cut.
     for r in rows:
         t, ref = int(r["target_index"]), int(r["ref_index"])
         assert ref - t == int(r["gap"]) in (1, 4, 8, 16)

@@ -390,7 +390,14 @@ def test_masa_inputs_follow_its_size_rule(cufed_root: Path) -> None:
     inputs = prepare_inputs(model, sample)
     assert inputs.lr.shape[-2] % 8 == 0 and inputs.lr.shape[-1] % 8 == 0
     assert inputs.ref.shape[-2] % 16 == 0 and inputs.ref.shape[-1] % 16 == 0
-    assert tuple(inputs.ref_down.shape[-2:]) == (inputs.ref.shape[-2] // 4, inputs.ref.shape[-1] // 4)
+    # The reference was padded, so the dataset's Ref↓ no longer fits it: MASA makes Ref↓ from the padded
+    # 8-bit reference itself, exactly as the official loader makes it (PIL bicubic).
+    assert inputs.ref_down is None
+    from refsr.data.degrade import make_lr, to_tensor
+    from refsr.eval.runner import to_uint8
+
+    expected = to_tensor(make_lr(to_uint8(inputs.ref[0]), 4))
+    torch.testing.assert_close(model.make_ref_down(inputs.ref)[0], expected, rtol=0, atol=0)
     top, left, h, w = inputs.crop
     # The LR is padded centred; the crop takes the HR's window back out of the SR.
     t, l = inputs.lr_offset

@@ -91,6 +91,9 @@ def test_correspondence_figure_size_and_dots() -> None:
 class MatchingProbe(RefSRModel):
     """PIL bicubic exposing a correspondence, as MASA does: every LR pixel matched to Ref↓ pixel (0, 0)."""
 
+    takes_ref_down = True
+    exposes_correspondence = True
+
     def __init__(self) -> None:
         super().__init__()
         self.bicubic = BicubicUpsampler(scale=4)
@@ -101,7 +104,7 @@ class MatchingProbe(RefSRModel):
         if not return_correspondence:
             return sr
         n, _, h, w = lr.shape
-        key_size = (ref_down.shape[-2], ref_down.shape[-1])
+        key_size = (ref.shape[-2] // 4, ref.shape[-1] // 4)  # Ref↓'s, given or not
         index = torch.zeros(n, h, w, dtype=torch.long)
         return sr, Correspondence(index, torch.ones(n, h, w), key_size)
 
@@ -149,7 +152,7 @@ def test_ssen_figures_add_the_sampling_points(tmp_path: Path, capsys: pytest.Cap
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
     args = parser.parse_args(["--dataset", "cufed5", "--root", str(tmp_path), "--model", "ssen-lite",
-                              "--figures", str(tmp_path / "figs"), "--figure-count", "1"])
+                              "--random-weights", "--figures", str(tmp_path / "figs"), "--figure-count", "1"])
     torch.manual_seed(0)
     assert main_eval(args) == 0
     capsys.readouterr()

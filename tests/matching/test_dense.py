@@ -178,7 +178,7 @@ def test_float32_matches_float64_at_most_positions():
     query, key = features[:, :, 10:30, 10:34], features[:, :, 40:72, 60:90]
     exact = match_dense(query, key)
     single = match_dense(query.float(), key.float())
-    # Near-ties may flip a few positions in float32 (see official-implementations.md section 12).
+    # Near-ties (equal cosines to float32 precision) may flip a few positions in float32.
     assert (exact.index == single.index).double().mean() > 0.97
     torch.testing.assert_close(single.score.double(), exact.score, rtol=0, atol=1e-4)
 

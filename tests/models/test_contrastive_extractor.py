@@ -68,7 +68,7 @@ def test_parameter_count_and_official_key_layout() -> None:
 
 def test_converted_weights_reproduce_both_official_branches() -> None:
     state = official_state()
-    model = ContrastiveExtractor(weights=state)
+    model = ContrastiveExtractor().load_weights(state)
     gen = torch.Generator().manual_seed(1)
     lr_up = torch.rand(2, 3, 20, 28, generator=gen)
     ref = torch.rand(1, 3, 33, 17, generator=gen)  # odd sizes: both poolings floor
@@ -98,12 +98,12 @@ def test_weights_from_a_file(tmp_path) -> None:
     state = official_state(seed=3)
     path = tmp_path / "feature_extraction.pth"
     torch.save(state, path)
-    model = ContrastiveExtractor(weights=str(path), trainable=False)
+    model = ContrastiveExtractor(trainable=False).load_weights(str(path))
     official = state["feature_extraction_image1.model.conv1_1.weight"]
     assert torch.equal(model.lr_branch.conv1_1.weight, official)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     # refsr's own layout loads too.
-    again = ContrastiveExtractor(weights=model.state_dict())
+    again = ContrastiveExtractor().load_weights(model.state_dict())
     assert torch.equal(again.ref_branch.conv3_1.weight, model.ref_branch.conv3_1.weight)
 
 

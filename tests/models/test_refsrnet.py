@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import refsr
 from conftest import load_photo
 from refsr.errors import RefsrError
-from refsr.matching.ccnet import match_ccnet, upsample_lr
+from refsr.matching.ccnet import upsample_lr
 from refsr.matching.correspondence import Correspondence
 from refsr.models.refsrnet import CCNet, PredictionModule, RefSRNet, SRResNetNN
 

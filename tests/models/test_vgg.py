@@ -89,7 +89,7 @@ def test_torchvision_file_loads_and_matches_a_plain_vgg(tmp_path) -> None:
     state = torchvision_layout_state_dict()
     path = tmp_path / "vgg19-dcbb9e9d.pth"
     torch.save(state, path)
-    vgg = VGG19Features(("conv5_4", "conv3_2"), weights=path)
+    vgg = load_vgg19_weights(VGG19Features(("conv5_4", "conv3_2")), path)
     x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(1))
     out = vgg(x)
     torch.testing.assert_close(out["conv5_4"], plain_vgg19(x, state, 16), rtol=1e-4, atol=1e-5)
@@ -102,7 +102,7 @@ def test_our_layout_round_trips_through_safetensors(tmp_path) -> None:
     torch.manual_seed(0)
     source = VGG19Features(("relu2_2",))
     save_file(source.state_dict(), str(tmp_path / "vgg.safetensors"))
-    loaded = VGG19Features(("relu2_2",), weights=tmp_path / "vgg.safetensors")
+    loaded = load_vgg19_weights(VGG19Features(("relu2_2",)), tmp_path / "vgg.safetensors")
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
 
@@ -111,19 +111,19 @@ def test_bad_weight_files_get_clear_errors(tmp_path) -> None:
     state = torchvision_layout_state_dict()
     del state["features.34.weight"]
     with pytest.raises(RefsrError, match="missing keys: conv5_4.weight"):
-        VGG19Features(("conv5_4",), weights=state)
+        load_vgg19_weights(VGG19Features(("conv5_4",)), state)
     # A truncated network does not need the missing layer.
-    VGG19Features(("relu4_1",), weights=state)
+    load_vgg19_weights(VGG19Features(("relu4_1",)), state)
     state = torchvision_layout_state_dict()
     state["features.0.weight"] = torch.zeros(64, 1, 3, 3)
     with pytest.raises(RefsrError, match="wrong shapes: conv1_1.weight"):
-        VGG19Features(("relu1_1",), weights=state)
+        load_vgg19_weights(VGG19Features(("relu1_1",)), state)
     with pytest.raises(RefsrError, match="unexpected keys: enc.conv_L1.weight"):
         load_vgg19_weights(VGG19Features(("relu1_1",)), {"enc.conv_L1.weight": torch.zeros(1)})
     with pytest.raises(RefsrError, match="unknown VGG19 layer"):
         VGG19Features(("conv6_1",))
     with pytest.raises(RefsrError, match="no such weights file"):
-        VGG19Features(("relu1_1",), weights=tmp_path / "absent.pth")
+        load_vgg19_weights(VGG19Features(("relu1_1",)), tmp_path / "absent.pth")
 
 
 def test_gradients_flow_to_the_input_only() -> None:

@@ -3,25 +3,26 @@ disparity / flow / synthetic warps, and a few real training iterations."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import DATA, load_photo
+
 from refsr.data.synthetic import SyntheticRefConfig, SyntheticRefPairs
 from refsr.errors import RefsrError
-from refsr.train.ccnet import (
-    CCNetPairs,
+from refsr.train import load_config, run_training
+from refsr.train.config import parse_config
+from refsr.train.distributed import DistContext
+from refsr.train.monitor import read_metrics
+from refsr.train.tasks.ccnet import (
+    CCNetTask,
     ccnet_classification_loss,
     correspondence_pairs,
     cut_crops,
-    parse_ccnet_config,
     rotate_target,
-    train_ccnet,
 )
 
 
@@ -123,76 +124,110 @@ def test_synthetic_warp_pairs_are_exact() -> None:
     assert flips == {False, True}
 
 
-def test_dataset_items_and_a_few_training_iterations(tmp_path) -> None:
-    config = {
+def tiny_ccnet_config(**train: object) -> dict:
+    return {
         "task": "ccnet",
         "name": "tiny",
         "seed": 0,
-        "model": {"channels": [4, 4, 4, 4, 4, 8], "out_channels": 8},
-        "data": {
+        "model": {"name": "refsr.models.refsrnet:CCNet",
+                  "overrides": {"channels": [4, 4, 4, 4, 4, 8], "out_channels": 8}},
+        "data": {"train": {
             "sources": [{"dataset": "open-synthetic", "paths": [str(DATA / "coffee.png"), str(DATA / "astronaut.png")],
                          "patch": 96, "scale_range": [0.9, 1.1], "rotation": 5.0, "max_shift": 0.1,
-                         "flip_prob": 0.0, "samples_per_photo": 4}],
-            "window": 9, "grid": 8, "crops_per_sample": 2,
-        },
-        "optimizer": {"lr": 1.0e-3, "milestones": [2], "lrs": [5.0e-5]},
-        "train": {"batch": 4, "iterations": 3, "log_interval": 1, "checkpoint_interval": 2, "device": "cpu"},
+                         "flip_prob": 0.0, "samples_per_photo": 4}]}, "val": None},
+        "ccnet": {"window": 9, "grid": 8, "crops_per_sample": 2},
+        "optimizer": {"lr": 1.0e-3},
+        "schedule": {"name": "multistep", "milestones": [2], "gamma": 0.05},
+        "train": {"batch": 4, "iterations": 3, "log_interval": 1, "checkpoint_interval": 2, "device": "cpu",
+                  "tensorboard": False, **train},
     }
-    cfg = parse_ccnet_config(config)
-    from refsr.train.ccnet import _build_source
 
-    dataset = _build_source(cfg)
-    item = dataset[0]
+
+def test_dataset_items_and_a_few_training_iterations(tmp_path) -> None:
+    cfg = parse_config(tiny_ccnet_config())
+    task = CCNetTask(cfg, DistContext())
+    item = task.dataset[0]
     assert item["lr_up"].shape == (2, 3, 65, 65) and item["ref"].shape == (2, 3, 73, 73)
     assert item["target"].shape == (2,) and int(item["target"].max()) < 81
+    assert task.micro_batch == 2  # 4 crops from 2 pairs
     # Deterministic per index.
-    assert torch.equal(dataset[1]["ref"], dataset[1]["ref"])
+    assert torch.equal(task.dataset[1]["ref"], task.dataset[1]["ref"])
 
-    summary = train_ccnet(config, out=tmp_path)
-    assert summary["iterations"] == 3 and np.isfinite(summary["loss"])
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    summary = run_training(cfg, tmp_path, progress=False)
+    assert summary.iteration == 3 and summary.stopped_by == "iterations"
+    lines = read_metrics(tmp_path)
     assert [line["iteration"] for line in lines] == [1, 2, 3]
-    assert [line["lr"] for line in lines] == [1e-3, 1e-3, 5e-5]  # the milestone at 2 (paper: 30K)
+    assert [line["lr"]["default"] for line in lines] == pytest.approx([1e-3, 1e-3, 5e-5])  # milestone at 2
+    assert all(np.isfinite(line["losses"]["classification"]) and 0 <= line["metrics"]["accuracy"] <= 1
+               for line in lines)
     from safetensors.torch import load_file
 
     from refsr.models.refsrnet import CCNet
 
     net = CCNet(channels=(4, 4, 4, 4, 4, 8), out_channels=8)
-    net.load_state_dict(load_file(summary["weights"]))  # loads into refsrnet's ccnet_weights= too
+    # The run's weights are a CC-Net state_dict, which refsrnet's ccnet_weights= loads too.
+    net.load_state_dict(load_file(str(summary.last_checkpoint / "model.safetensors")))
+
+
+def test_ccnet_training_resumes_exactly(tmp_path) -> None:
+    cfg = parse_config(tiny_ccnet_config(iterations=4))
+    straight = run_training(cfg, tmp_path / "a", progress=False)
+
+    def stop_after_2(record) -> None:
+        if record.iteration == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, tmp_path / "b", callbacks=[stop_after_2], progress=False)
+    resumed = run_training(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.iteration == 4
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0)
+    assert [r["losses"] for r in read_metrics(tmp_path / "b")] == [r["losses"] for r in read_metrics(tmp_path / "a")]
 
 
 @pytest.mark.parametrize(
     "change, what",
-    [({"task": "sr"}, "task"), ({"trian": {}}, "did you mean train"), ({"data": {"sources": []}}, "sources"),
-     ({"optimizer": {"milestones": [1, 2], "lrs": [1.0e-4]}}, "lrs")],
+    [({"task": "sr"}, "task"), ({"trian": {}}, "did you mean train"),
+     ({"model": {"name": "masa-lite"}}, "name its class, refsr.models.refsrnet:CCNet"),
+     ({"losses": [{"name": "l1"}]}, "losses")],
 )
 def test_bad_configs(change, what) -> None:
-    base = {"task": "ccnet", "data": {"sources": [{"dataset": "sintel", "root": "x"}]}}
     with pytest.raises(RefsrError, match=what):
-        parse_ccnet_config({**base, **change})
+        parse_config({**tiny_ccnet_config(), **change})
+
+
+def test_a_network_that_is_not_a_65_pixel_ccnet_is_refused(tmp_path) -> None:
+    config = tiny_ccnet_config()
+    config["model"]["overrides"]["dilations"] = [1, 1, 1, 1, 1, 1]
+    with pytest.raises(RefsrError, match="receptive field must be 65"):
+        run_training(parse_config(config), tmp_path, progress=False)
 
 
 def test_configs_in_the_repository_parse() -> None:
-    from refsr.train.ccnet import load_ccnet_config
-
     root = Path(__file__).resolve().parents[2] / "configs"
-    full = load_ccnet_config(root / "ccnet.yaml")
-    assert (full.data.window, full.train.batch, full.optimizer.lr) == (129, 16, 1e-3)
-    assert full.model.channels == [16, 32, 64, 64, 64, 128] and full.model.dilations == [1, 1, 2, 4, 8, 16]
-    assert (full.optimizer.milestones, full.optimizer.lrs, full.train.iterations) == ([30000], [5e-5], 50000)
-    lite = load_ccnet_config(root / "ccnet-lite.yaml")
-    assert lite.model.out_channels < 256
+    full = load_config(root / "ccnet.yaml")
+    assert (full.ccnet.window, full.train.batch, full.optimizer.lr) == (129, 16, 1e-3)
+    assert full.model.overrides["channels"] == [16, 32, 64, 64, 64, 128]
+    assert full.model.overrides["dilations"] == [1, 1, 2, 4, 8, 16]
+    assert (full.schedule.milestones, full.schedule.gamma, full.train.iterations) == ([30000], 0.05, 50000)
+    lite = load_config(root / "ccnet-lite.yaml")
+    assert lite.model.overrides["out_channels"] < 256
 
 
-def test_refsr_train_dispatches_ccnet_configs(tmp_path, capsys) -> None:
-    """`refsr train` routes `task: ccnet` configs to the CC-Net loop (whose schema the restoration parser
-    rejects): the CC-Net entry's own --resume refusal proves the route without training."""
+def test_refsr_train_runs_ccnet_configs(tmp_path, capsys) -> None:
+    """`refsr train` takes `task: ccnet` configs like any other, --resume included."""
+    import yaml
+
     from refsr.cli import main as cli_main
 
-    config = Path(__file__).resolve().parents[2] / "configs" / "ccnet-lite.yaml"
-    status = cli_main(["train", str(config), "--out", str(tmp_path / "run"), "--resume"])
-    assert status == 2
-    assert "CC-Net training has no resume" in capsys.readouterr().err
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_ccnet_config(iterations=2)))
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "trained 2 iterations" in capsys.readouterr().out
+    assert cli_main(["train", str(config), "--out", str(tmp_path / "run"), "--resume", "--no-progress",
+                     "--set", "train.iterations=3"]) == 0
+    assert "trained 3 iterations" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("text, what", [("task: ccnet\ndata: [unclosed\n", "not valid YAML"),
@@ -200,12 +235,11 @@ def test_refsr_train_dispatches_ccnet_configs(tmp_path, capsys) -> None:
 def test_unreadable_ccnet_config_files(tmp_path, capsys, text, what) -> None:
     """A CC-Net YAML goes through the same file reader as every config: one line, exit status 2."""
     from refsr.cli import main as cli_main
-    from refsr.train.ccnet import load_ccnet_config
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(RefsrError, match=what):
-        load_ccnet_config(path)
+        load_config(path)
     assert cli_main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert what in err and "\n" not in err and "Traceback" not in err

@@ -6,22 +6,19 @@ import copy
 from pathlib import Path
 
 import pytest
+import tiny_sr  # noqa: F401  (registers the tiny-sr-test model)
 import yaml
 
 from refsr.errors import RefsrError
 from refsr.train.config import (
-    AdversarialLossConfig,
-    Interval,
     apply_overrides,
     config_to_dict,
     describe_schema,
     load_config,
     parse_config,
-    parse_duration,
     schema_paths,
 )
-
-import tiny_sr  # noqa: F401  (registers the tiny-sr-test model)
+from refsr.train.schema import AdversarialLossConfig, Interval, parse_duration
 
 HERE = Path(__file__).parent
 CONFIGS = HERE.parents[1] / "configs"
@@ -97,6 +94,86 @@ def test_a_bad_field_gets_an_error_naming_it(edit, message):
     data = tiny()
     edit(data)
     assert message in error_of(data)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # Every kind of pydantic error the schema raises, in our words (the whole line).
+        (lambda d: d["train"].update({3: 1}), "train.3: field names must be strings"),
+        (lambda d: d["model"]["overrides"].update({1: 2}), "model.overrides.1: keys must be strings"),
+        (lambda d: d["data"]["train"]["sources"][0].update({5: 1}), "data.train.sources[0].5: keys must be strings"),
+        (lambda d: d["optimizer"].update(betas=[0.9, 0.99, 0.5]),
+         "optimizer.betas: expected a list of 2 values, got [0.9, 0.99, 0.5]"),
+        (lambda d: d["optimizer"].update(betas=[0.9]), "optimizer.betas: expected a list of 2 values, got [0.9]"),
+        (lambda d: d["optimizer"].update(betas=0.9), "optimizer.betas: expected a list of 2 values, got 0.9"),
+        (lambda d: d["optimizer"].update(betas=[0.9, "x"]), "optimizer.betas[1]: expected a number, got 'x'"),
+        (lambda d: d["losses"].append({"weight": 1.0}),
+         ("losses[1].name: required field is missing (one of l1, charbonnier, mse, perceptual, adversarial, "
+          "contrastive, distillation)")),
+        (lambda d: d["losses"].append({"name": 5}),
+         ("losses[1].name: unknown loss 5 (choose from l1, charbonnier, mse, perceptual, adversarial, contrastive, "
+          "distillation)")),
+        (lambda d: d["losses"].append(3), "losses[1]: expected a mapping such as {name: l1, weight: 1.0}, got 3"),
+        (lambda d: d["losses"].append({"name": "perceptual", "vgg_weights": "x", "weight": -1}),
+         "losses[1].weight: must be >= 0.0, got -1"),
+        (lambda d: d["model"].update(name=5), "model.name: expected a string, got 5"),
+        (lambda d: d["model"].update(overrides=[1]), "model.overrides: expected a mapping, got [1]"),
+        (lambda d: d.update(imports="tiny_sr"), "imports: expected a list, got 'tiny_sr'"),
+        (lambda d: d["train"].update(tensorboard="yes"), "train.tensorboard: expected true or false, got 'yes'"),
+        (lambda d: d["train"].update(batch=True), "train.batch: expected an integer, got True"),
+        (lambda d: d["train"].update(batch=2.5), "train.batch: expected an integer, got 2.5"),
+        (lambda d: d["optimizer"].update(lr="inf"), "optimizer.lr: expected a number, got 'inf'"),
+        (lambda d: d["train"].update(checkpoint_interval="often"),
+         "train.checkpoint_interval: expected a mapping, got 'often'"),
+        (lambda d: d["data"]["val"].update(interval={"epoch": 1}),
+         "data.val.interval.epoch: unknown field; did you mean epochs?"),
+        (lambda d: d["train"].update(time_budget=[1]),
+         "train.time_budget: expected a duration such as 2h or 90m, got [1]"),
+        (lambda d: d.pop("train"), "train: required field is missing (run length, batch, checkpoints)"),
+        (lambda d: d.pop("losses"), "losses: give at least one loss, e.g. [{name: l1, weight: 1.0}]"),
+        (lambda d: d["schedule"].update(unit="epochs"),
+         "schedule.unit: unknown value 'epochs'; did you mean epoch? (choose one of iteration, epoch)"),
+    ],
+)
+def test_each_kind_of_mistake_reads_as_one_line(edit, message):
+    data = tiny()
+    edit(data)
+    assert error_of(data) == message
+
+
+def test_a_config_that_is_not_a_mapping():
+    assert error_of([1]) == "the config: expected a mapping, got [1]"  # type: ignore[arg-type]
+
+
+def test_an_error_the_schema_does_not_raise_today_keeps_pydantics_words():
+    from refsr.train.config import _one_line
+
+    error = {"type": "too_short", "loc": ("imports",), "msg": "List should have at least 1 item after validation",
+             "input": [], "ctx": {"field_type": "List", "min_length": 1, "actual_length": 0}}
+    assert _one_line(error) == "imports: List should have at least 1 item after validation"
+
+
+def test_numbers_as_yaml_writes_them():
+    data = tiny()
+    data["train"]["iterations"] = 1.0e+1  # YAML 1.1: a float
+    data["train"]["time_budget"] = "1h30m"
+    data["optimizer"]["betas"] = ["0.5", 0.9]
+    cfg = parse_config(data)
+    assert cfg.train.iterations == 10 and isinstance(cfg.train.iterations, int)
+    assert cfg.train.time_budget == 5400.0 and cfg.optimizer.betas == (0.5, 0.9)
+
+
+def test_dataset_options_stand_beside_the_fields_or_in_options():
+    data = tiny()
+    source = data["data"]["train"]["sources"][0]
+    cfg = parse_config(data)
+    assert cfg.data.train.sources[0].options == {k: v for k, v in source.items() if k not in ("dataset", "root")}
+    # The same options written as a mapping (as Python code may build a SourceConfig) read the same.
+    data["data"]["train"]["sources"][0] = {"dataset": source["dataset"], "root": None,
+                                           "options": {k: v for k, v in source.items() if k not in ("dataset", "root")}}
+    assert parse_config(data) == cfg
+    assert config_to_dict(cfg)["data"]["train"]["sources"][0] == {**source, "weight": None}
 
 
 def test_cross_field_checks():
@@ -202,12 +279,8 @@ def test_the_schema_description_covers_every_field():
 
 
 def _train_configs() -> list[str]:
-    """The shipped configs that `refsr train` reads: those whose task is one of its tasks (configs/ccnet*.yaml
-    say `task: ccnet`: they are read by refsr.train.ccnet with a schema of their own)."""
-    from refsr.train.config import TASKS
-
-    return sorted(p.name for p in CONFIGS.glob("*.yaml")
-                  if (yaml.safe_load(p.read_text()) or {}).get("task", "restoration") in TASKS)
+    """Every shipped config: `refsr train` reads them all, whatever their task."""
+    return sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("name", _train_configs())
@@ -251,3 +324,89 @@ def test_gan_kinds_and_discriminators_parse_with_the_documented_spelling():
         data = tiny()
         data["losses"].append(loss)
         assert message in error_of(data)
+
+
+# configs/ccnet-lite.yaml in this schema's layout: the ccnet section, the model from model.overrides, and the
+# paper's "lr 1e-3, then 5e-5 from iteration N" as a multistep schedule (gamma = 5e-5 / 1e-3).
+CCNET_LITE = """
+task: ccnet
+name: ccnet-lite
+seed: 0
+model:
+  name: refsr.models.refsrnet:CCNet
+  overrides: {channels: [8, 16, 32, 32, 32, 64], dilations: [1, 1, 2, 4, 8, 16], out_channels: 128}
+data:
+  train:
+    sources:
+      - {dataset: open-synthetic, split: train, patch: 160, scale_range: [0.8, 1.25], rotation: 15.0}
+    num_workers: 2
+  val: null
+ccnet: {window: 65, scale: 8, grid: 8, crops_per_sample: 4, rotate: true}
+optimizer: {name: adam, lr: 1.0e-3, betas: [0.9, 0.999]}
+schedule: {name: multistep, unit: iteration, milestones: [15000], gamma: 0.05}
+train: {batch: 8, iterations: 20000, log_interval: 50, checkpoint_interval: 1000, device: cpu, time_budget: 6h}
+"""
+
+
+def test_the_shipped_ccnet_lite_config_is_the_documented_layout():
+    from refsr.train.builders import lr_factor
+
+    cfg = parse_config(yaml.safe_load(CCNET_LITE))
+    assert load_config(CONFIGS / "ccnet-lite.yaml") == cfg
+    assert (cfg.task, cfg.losses, cfg.model.overrides["out_channels"]) == ("ccnet", [], 128)
+    # The paper's step schedule: 1e-3, then 5e-5 from the milestone on.
+    for iteration, lr in ((0, 1e-3), (14999, 1e-3), (15000, 5e-5), (19999, 5e-5)):
+        factor = lr_factor(cfg.schedule, iteration=iteration, epoch=0, total_units=None, base_lr=cfg.optimizer.lr)
+        assert cfg.optimizer.lr * factor == pytest.approx(lr, rel=1e-12)
+    assert cfg.train.checkpoint_interval == Interval(iterations=1000) and cfg.train.time_budget == 6 * 3600
+    assert parse_config(yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))) == cfg
+
+
+def test_the_task_registry_runs_every_task_the_schema_accepts():
+    from refsr.train.schema import TASKS as SCHEMA_TASKS
+    from refsr.train.tasks import TASKS
+
+    assert sorted(TASKS) == sorted(SCHEMA_TASKS)
+
+
+def ccnet_lite() -> dict:
+    return yaml.safe_load(CCNET_LITE)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(losses=[{"name": "l1"}]),
+         "losses: task ccnet trains with CC-Net's own classification loss (Eq. 1); remove losses"),
+        (lambda d: d["data"]["train"].update(crop=64),
+         "data.train.crop: not used by task ccnet, which cuts its own crops (see the ccnet section)"),
+        (lambda d: d["data"]["train"].update(augment={"name": "masa"}),
+         "data.train.augment: not used by task ccnet, which cuts its own crops (see the ccnet section)"),
+        (lambda d: d["data"].update(val={"dataset": "cufed5", "root": "x"}),
+         "data.val: task ccnet does not validate; set data.val: null"),
+        (lambda d: d["train"].update(ema_decay=0.9), "train.ema_decay: not supported by task ccnet"),
+        (lambda d: d.update(contrastive={"perturb": 5.0}),
+         "contrastive: only used by the contrastive tasks; remove it or set task"),
+        (lambda d: d["model"].update(name="refsrnet"),
+         "model.name: task ccnet trains a CC-Net: name its class, refsr.models.refsrnet:CCNet, not 'refsrnet'"),
+        (lambda d: d["model"]["overrides"].update(dilation=[1]),
+         "model.overrides.dilation: model 'refsr.models.refsrnet:CCNet' has no such option; did you mean "
+         "dilations? (its options: channels, dilations, out_channels)"),
+        (lambda d: d["ccnet"].update(windw=3), "ccnet.windw: unknown field; did you mean window?"),
+        (lambda d: d["ccnet"].update(window=0), "ccnet.window: must be >= 1, got 0"),
+    ],
+)
+def test_ccnet_mistakes_are_named(edit, message):
+    data = ccnet_lite()
+    edit(data)
+    assert error_of(data) == message
+
+
+def test_the_ccnet_section_needs_task_ccnet():
+    data = tiny()
+    data["ccnet"] = {"window": 33}
+    assert error_of(data) == "ccnet: only used by task ccnet; remove it or set task"
+    data = tiny()
+    data["model"]["name"] = "refsr.models.refsrnet:CCNet"
+    assert error_of(data).startswith("model.name: 'refsr.models.refsrnet:CCNet': module:attribute names are for "
+                                     "the contrastive tasks and ccnet")

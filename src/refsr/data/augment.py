@@ -1,6 +1,6 @@
 """Training crops and augmentations as the official RefSR pipelines apply them.
 
-What the papers' code does (``reference/official-implementations.md`` sections 1-4):
+What the papers' official code does (each repository's training data loader):
 
 - **MASA-SR**: swap the input and reference roles with p = 0.5; brightness/contrast jitter
   ``cv2.convertScaleAbs(img, alpha ~ U[0.7, 1.3], beta ~ U[-20, 20])`` on *one* of the two images (each with

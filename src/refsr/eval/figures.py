@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFont
 from refsr.data.degrade import make_lr, to_tensor
 from refsr.data.standard import upscale_pil
 from refsr.errors import RefsrError
+from refsr.eval.runner import safe_name, to_uint8
 from refsr.io import write_image
 from refsr.matching import match
 from refsr.matching.correspondence import Correspondence
@@ -313,8 +314,6 @@ class FigureWriter:
         sr: torch.Tensor,
         corr: Correspondence | None,
     ) -> None:
-        from refsr.eval.runner import safe_name, to_uint8
-
         name = safe_name(str(sample.get("name", index)))
         scale = int(inputs.scale)
         lr8 = to_uint8(sample["lr"])

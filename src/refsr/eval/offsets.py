@@ -34,8 +34,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from refsr.data.standard import upscale_pil
 from refsr.errors import RefsrError
+from refsr.eval.figures import grid_points
+from refsr.eval.runner import safe_name
 from refsr.io import write_image
+from refsr.models.ssen import SSEN
 
 __all__ = [
     "SamplingFigureWriter",
@@ -65,8 +69,6 @@ def kernel_taps(kernel: int = _KERNEL, dtype: torch.dtype = torch.float32) -> to
 
 
 def _ssen_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    from refsr.models.ssen import SSEN
-
     return [dcn for module in model.modules() if isinstance(module, SSEN) for dcn in module.dcns]
 
 
@@ -268,8 +270,6 @@ def sampling_figure(
         The figure (``HxWx3`` uint8; left: LR↑ with the pixels, right: the reference with their points) and
         the sampling points ``(P, 9^L, 2)`` in reference-image pixels.
     """
-    from refsr.data.standard import upscale_pil
-
     if lr.dim() != 4 or lr.shape[0] != 1:
         raise RefsrError(f"sampling_figure draws one image: lr must be (1, 3, h, w); got {tuple(lr.shape)}")
     geometry_of = getattr(model, "sampling_geometry", None)
@@ -290,7 +290,7 @@ def sampling_figure(
     ref_points = positions * ref_scale + ref_shift
     query_points = pixels * torch.tensor(geometry.query_scale, dtype=torch.float64) + torch.tensor(
         geometry.query_shift, dtype=torch.float64)
-    scale = int(getattr(model, "scale", 4))
+    scale = model.scale
     lr_up = upscale_pil(_to_uint8(lr[0]), scale)
     ref_image = lr_up if geometry.ref_is_lr or ref is None else _to_uint8(ref[0])
     figure = draw_sampling_points(lr_up, ref_image, query_points, ref_points, radius=radius)
@@ -323,9 +323,6 @@ class SamplingFigureWriter:
     def __call__(
         self, index: int, sample: Mapping[str, Any], inputs: Any, sr: torch.Tensor, corr: Any
     ) -> None:
-        from refsr.eval.figures import grid_points
-        from refsr.eval.runner import safe_name
-
         name = safe_name(str(sample.get("name", index)))
         lr = inputs.lr
         h, w = lr.shape[-2:]

@@ -39,6 +39,7 @@ import numpy as np
 
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
+from refsr.io import read_image
 
 __all__ = [
     "ROBUSTNESS_KINDS",
@@ -190,8 +191,6 @@ def unrelated_reference(source: str | Path | np.ndarray, label: str | None = Non
     if isinstance(source, np.ndarray):
         image, name, shown = source, "image", "array"
     else:
-        from refsr.io import read_image
-
         path = Path(source)
         if not path.is_file():
             raise RefsrError(f"unrelated reference {str(path)!r} not found; give an image file or 'grey'")

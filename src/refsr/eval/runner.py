@@ -7,8 +7,9 @@ For each sample the runner
 2. optionally replaces the reference (``ref_source="lr_up"``: the PIL-bicubic LR↑, the "what does the
    reference add" baseline) and/or transforms it (:mod:`refsr.eval.robustness`);
 3. pads LR and Ref further when the *model's* :class:`~refsr.models.SizeRule` asks for more than the
-   dataset did (:func:`refsr.inference.pad_to_rule`; Ref↓ is then remade from the padded 8-bit Ref with
-   PIL bicubic, as the official loaders make it); models whose ``forward`` takes ``ref_down=`` get it;
+   dataset did (:func:`refsr.models.pad_inputs`); models that take Ref↓ (``takes_ref_down``) get the
+   dataset's, or make it themselves from a padded or replaced 8-bit Ref with PIL bicubic, as the official
+   loaders make it;
 4. runs the model, crops the SR back to the ground truth (the model's padding, then the dataset's
    ``pad``/``hr_size``) and scores it with :func:`refsr.metrics.psnr` and :func:`refsr.metrics.ssim` under
    the metric protocol (grey sources come as three equal channels and score on Y like any image).
@@ -19,7 +20,6 @@ official test loops do).
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import re
@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from refsr.data.degrade import make_lr, to_tensor
+from refsr.data.degrade import to_tensor
 from refsr.data.standard import upscale_pil
 from refsr.errors import RefsrError
 from refsr.eval.robustness import RefTransform
-from refsr.inference import pad_to_rule, resolve_device
+from refsr.devices import resolve_device
 from refsr.io import write_image
 from refsr.matching.correspondence import Correspondence
 from refsr.metrics import Protocol, get_protocol, psnr, quantize_uint8, ssim
-from refsr.models._size import SizeRule
+from refsr.models import RefSRModel, pad_inputs
 
 __all__ = [
     "ImageResult",
@@ -75,16 +75,6 @@ def mean_or_nan(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def _accepts(model: torch.nn.Module, keyword: str) -> bool:
-    """Whether ``model.forward`` has a parameter named ``keyword`` (``**kwargs`` does not count)."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    param = parameters.get(keyword)
-    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
-
-
 @dataclass
 class ModelInputs:
     """What one forward pass gets, and how to crop its output.
@@ -107,7 +97,7 @@ class ModelInputs:
 
 
 def prepare_inputs(
-    model: torch.nn.Module,
+    model: RefSRModel,
     sample: Mapping[str, Any],
     *,
     ref_source: str = "dataset",
@@ -127,8 +117,7 @@ def prepare_inputs(
     """
     if ref_source not in REF_SOURCES:
         raise RefsrError(f"unknown reference source {ref_source!r}; use one of {', '.join(REF_SOURCES)}")
-    scale = int(getattr(model, "scale", 4))
-    rule: SizeRule = getattr(model, "size_rule", SizeRule())
+    scale = model.scale
     lr = sample["lr"]
     hr = sample["hr"]
     expected = (lr.shape[-2] * scale, lr.shape[-1] * scale)
@@ -141,8 +130,7 @@ def prepare_inputs(
         )
 
     ref = ref_down = None
-    if getattr(model, "uses_ref", True):
-        wants_ref_down = _accepts(model, "ref_down")
+    if model.uses_ref:
         if ref_source == "lr_up":
             ref8: np.ndarray | None = upscale_pil(to_uint8(lr), scale)
             ref_t, ref_down_t = None, None
@@ -153,26 +141,24 @@ def prepare_inputs(
             if not isinstance(ref8, np.ndarray) or ref8.dtype != np.uint8 or ref8.ndim != 3:
                 raise RefsrError("a reference transform must return an HxWx3 uint8 image")
         if ref8 is not None:
+            # A new reference: the model makes its Ref↓ from it (PIL bicubic on the 8-bit image, as the
+            # official loaders do).
             ref_t, ref_down_t = to_tensor(np.ascontiguousarray(ref8)), None
-        # A model that is fed Ref↓ needs a Ref whose sides divide by the scale as well as by its own multiple.
-        multiple = math.lcm(rule.ref_multiple, scale) if wants_ref_down else rule.ref_multiple
-        ref, _ = pad_to_rule(ref_t[None], multiple, rule.min_ref, rule.pad_mode, centre=False)
-        if wants_ref_down:
-            if ref_down_t is None or ref.shape[-2:] != ref_t.shape[-2:]:
-                # Made as the official loaders make it: PIL bicubic on the 8-bit (padded) reference.
-                ref_down_t = to_tensor(make_lr(to_uint8(ref[0]), scale))
-            ref_down = ref_down_t[None].to(device)
-        ref = ref.to(device)
-
-    lr_padded, (lr_top, lr_left) = pad_to_rule(
-        lr[None], rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr
-    )
+        ref = ref_t[None]
+        ref_down = ref_down_t[None] if ref_down_t is not None else None
+    padded = pad_inputs(model, lr[None], ref, ref_down=ref_down)
+    lr_top, lr_left = padded.offset
     crop = (lr_top * scale + top, lr_left * scale + left, height, width)
-    return ModelInputs(lr_padded.to(device), ref, ref_down, (lr_top, lr_left), crop, scale)
+    return ModelInputs(
+        padded.lr.to(device),
+        None if padded.ref is None else padded.ref.to(device),
+        None if padded.ref_down is None else padded.ref_down.to(device),
+        padded.offset, crop, scale,
+    )
 
 
 def run_model(
-    model: torch.nn.Module, inputs: ModelInputs, *, want_correspondence: bool = False
+    model: RefSRModel, inputs: ModelInputs, *, want_correspondence: bool = False
 ) -> tuple[torch.Tensor, Correspondence | None]:
     """One forward pass. Returns the full SR ``(1, 3, s*h, s*w)`` and, when asked and the model's ``forward``
     has a ``return_correspondence`` parameter (MASA), its :class:`~refsr.matching.Correspondence`."""
@@ -181,7 +167,7 @@ def run_model(
         kwargs["ref_down"] = inputs.ref_down
     corr = None
     with torch.inference_mode():
-        if want_correspondence and _accepts(model, "return_correspondence"):
+        if want_correspondence and model.exposes_correspondence:
             sr, corr = model(inputs.lr, inputs.ref, return_correspondence=True, **kwargs)
         else:
             sr = model(inputs.lr, inputs.ref, **kwargs)

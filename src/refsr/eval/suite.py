@@ -27,6 +27,7 @@ from typing import Any, Union
 
 import torch
 
+import refsr
 from refsr.errors import RefsrError
 from refsr.eval.datasets import (
     DATASETS,
@@ -42,7 +43,10 @@ from refsr.eval.offsets import SamplingFigureWriter, has_sampling_offsets
 from refsr.eval.robustness import RefTransform, parse_robustness
 from refsr.eval.runner import RunResult, evaluate, safe_name
 from refsr.eval.tables import Table
+from refsr.hub import create_model
 from refsr.io import atomic_output, check_output_folder
+from refsr.models import RefSRModel
+from refsr.models.bicubic import BicubicUpsampler
 
 __all__ = ["BREAKDOWNS", "CUFED5_BREAKDOWN_LEVELS", "EvalReport", "Method", "run_suite", "write_json"]
 
@@ -71,13 +75,13 @@ class Method:
     """
 
     label: str
-    model: torch.nn.Module
+    model: RefSRModel
     ref_source: str = "dataset"
     primary: bool = False
 
     @property
     def uses_ref(self) -> bool:
-        return bool(getattr(self.model, "uses_ref", True))
+        return self.model.uses_ref
 
 
 @dataclass
@@ -107,10 +111,8 @@ class EvalReport:
         return "\n\n".join(table.render() for table in self.tables.values())
 
     def to_dict(self) -> dict[str, Any]:
-        from refsr import __version__
-
         return {
-            "refsr_version": __version__,
+            "refsr_version": refsr.__version__,
             "protocol": self.protocol.describe(),
             "scale": self.scale,
             "settings": self.settings,
@@ -192,7 +194,7 @@ def _chain(hooks: Sequence[Any]) -> Any:
 
 
 def run_suite(
-    model: torch.nn.Module,
+    model: RefSRModel,
     datasets: Sequence[str],
     roots: Sequence[PathLike | None] | PathLike | None = None,
     *,
@@ -267,13 +269,10 @@ def run_suite(
         if folder is not None:
             _check_output_folder(Path(folder), option)
 
-    scale = int(getattr(model, "scale", 4))
+    scale = model.scale
     label = model_label or type(model).__name__
     methods = [Method(label, model, primary=True)]
     if baselines:
-        from refsr.hub import create_model
-        from refsr.models.bicubic import BicubicUpsampler
-
         # The bicubic row would repeat the model's own when the model under test is bicubic.
         if not isinstance(model, BicubicUpsampler):
             methods.insert(0, Method("Bicubic", create_model("bicubic", scale=scale)))

@@ -241,7 +241,7 @@ def evaluate_video(
         raise RefsrError(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}")
     get_protocol(protocol)
     net = resolve_model(model)
-    scale = int(getattr(net, "scale", 4))
+    scale = int(net.scale)
     chosen = video_clips(split, root=root, scale=scale, sources=sources, names=clips)
     if limit is not None:
         chosen = chosen[: max(0, int(limit))]
@@ -299,7 +299,7 @@ def _evaluate_clip(net: torch.nn.Module, clip: VideoClip, root: PathLike | None,
 def _method_runner(net: torch.nn.Module, method: str, size: tuple[int, int], spacing: int, count: int,
                    hr: list[np.ndarray], device: Any, max_memory: Any) -> Callable[[int, np.ndarray], np.ndarray]:
     """``(frame index, LR frame) -> SR frame`` for one method, in frame order."""
-    scale = int(getattr(net, "scale", 4))
+    scale = int(net.scale)
     if method == "Bicubic":
         return lambda t, frame: imresize(frame, size=(frame.shape[0] * scale, frame.shape[1] * scale))
     with_stills = method in ("Stills", "Stills + temporal")

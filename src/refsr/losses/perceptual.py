@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from refsr.errors import RefsrError
-from refsr.models.vgg import VGG19Features
+from refsr.models.vgg import VGG19Features, load_vgg19_weights
 
 __all__ = ["perceptual_loss", "PerceptualLoss"]
 
@@ -94,7 +94,9 @@ class PerceptualLoss(nn.Module):
         _check_criterion(criterion)
         self.layer = layer
         self.criterion = criterion
-        self.vgg = VGG19Features((layer,), weights=vgg_weights)
+        self.vgg = VGG19Features((layer,))
+        if vgg_weights is not None:
+            load_vgg19_weights(self.vgg, vgg_weights)
 
     def train(self, mode: bool = True) -> "PerceptualLoss":
         # The VGG is a fixed feature extractor: it stays in eval mode whatever the training loop asks.

@@ -11,20 +11,17 @@ from typing import Any, Callable
 import torch
 
 from refsr.errors import RefsrError
+from refsr.matching.ccnet import match_ccnet
 from refsr.matching.correspondence import Correspondence
+from refsr.matching.dense import match_dense
+from refsr.matching.mem import match_mem
+from refsr.matching.patchmatch import match_patchmatch
+from refsr.matching.zncc import match_zncc
 
 __all__ = ["Correspondence", "match", "METHODS"]
 
 
 def _methods() -> dict[str, Callable[..., Correspondence]]:
-    # Imported here, not at module import, so that ``import refsr`` stays cheap and a method's module can
-    # import from this package without a cycle.
-    from refsr.matching.ccnet import match_ccnet
-    from refsr.matching.dense import match_dense
-    from refsr.matching.mem import match_mem
-    from refsr.matching.patchmatch import match_patchmatch
-    from refsr.matching.zncc import match_zncc
-
     return {"dense": match_dense, "mem": match_mem, "patchmatch": match_patchmatch, "ccnet": match_ccnet,
             "zncc": match_zncc}
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refsr.data.degrade import make_lr
 from refsr.errors import RefsrError
 from refsr.matching._patches import box_sum, check_pair, check_patch_size, element_size
 from refsr.matching._window import tile_side, window_centres, windowed_argmax
@@ -217,8 +218,6 @@ def blur_like_lr(image: torch.Tensor, scale: int) -> torch.Tensor:
     Returns:
         ``(N, 3, H, W)`` float32 RGB in [0, 1] (quantised to 8 bits at the LR stage), on ``image``'s device.
     """
-    from refsr.data.degrade import make_lr
-
     if image.dim() != 4 or image.shape[1] != 3:
         raise RefsrError(f"image must be (N, 3, H, W) RGB; got {tuple(image.shape)}")
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:

@@ -10,12 +10,22 @@ from refsr.models import masa as _masa  # noqa: F401  (registers "masa", "masa-l
 from refsr.models import refsrnet as _refsrnet  # noqa: F401  (registers "refsrnet", "refsrnet-lite", "srresnet-x8")
 from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import ssen as _ssen  # noqa: F401  (registers "ssen*" and "rcan*")
-from refsr.models._base import RefSRModel
-from refsr.models._registry import convert_official, list_models, register_converter, register_model
-from refsr.models._size import SizeRule
+from refsr.models._base import PaddedInputs, RefSRModel, pad_inputs, run_padded
+from refsr.models._registry import (
+    ModelEntry,
+    WeightsInfo,
+    convert_official,
+    get_entry,
+    list_models,
+    register_converter,
+    register_model,
+)
+from refsr.models._memory import GENERIC_MEMORY_COST, MemoryCost
+from refsr.models._size import SizeRule, pad_to_rule
 
-__all__ = ["RefSRModel", "SizeRule", "list_models", "convert_official", "register_model", "register_converter",
-           "DEFAULT_MODEL"]
+__all__ = ["RefSRModel", "SizeRule", "MemoryCost", "GENERIC_MEMORY_COST", "PaddedInputs", "pad_inputs", "pad_to_rule",
+           "run_padded", "ModelEntry", "WeightsInfo", "get_entry", "list_models", "convert_official",
+           "register_model", "register_converter", "DEFAULT_MODEL"]
 
 # What ``refsr.upscale(model="default")`` and ``refsr upscale`` run, with ``weights="default"``: masa-lite trained
 # here on the open benchmark's training split (configs/default.yaml; MODEL_CARD.md says on what, for how long

@@ -1,14 +1,18 @@
 """Size rules declared as data.
 
-A model says what its inputs must look like (``SizeRule``); :func:`refsr.upscale` reads the rule, pads the
-inputs to fit and crops the output back. Nothing in a model asserts sizes on its own.
+A model says what its inputs must look like (:class:`SizeRule`); :func:`refsr.models.pad_inputs` and
+:func:`refsr.models.run_padded` read the rule, pad the inputs to fit and crop the output back. Nothing in a
+model asserts sizes on its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SizeRule", "padded_size"]
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SizeRule", "padded_size", "pad_to_rule"]
 
 
 @dataclass(frozen=True)
@@ -42,3 +46,19 @@ def padded_size(size: int, multiple: int, minimum: int = 1) -> int:
     """
     size = max(size, minimum)
     return -(-size // multiple) * multiple
+
+
+def pad_to_rule(x: torch.Tensor, multiple: int, minimum: int, mode: str, centre: bool
+                ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad ``x (N,C,H,W)`` so both sides divide by ``multiple`` and are at least ``minimum``.
+
+    Returns the padded tensor and the ``(top, left)`` padding, so the caller can crop the output back.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = padded_size(h, multiple, minimum) - h, padded_size(w, multiple, minimum) - w
+    if ph == 0 and pw == 0:
+        return x, (0, 0)
+    top, left = (ph // 2, pw // 2) if centre else (0, 0)
+    # "replicate" and "constant" pad any amount; only "reflect" needs pad < size.
+    x = F.pad(x, (left, pw - left, top, ph - top), mode=mode)
+    return x, (top, left)

@@ -93,11 +93,12 @@ from refsr.errors import RefsrError
 from refsr.imresize import imresize
 from refsr.matching.patchmatch import DEFAULT_PROXY_DIM, match_patchmatch, resolve_schedule
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_converter, register_model
+from refsr.models._registry import build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
-from refsr.models.masa import ResBlock  # the same block as MASA's (and the official AMSA's): conv-ReLU-conv + x
+from refsr.models._blocks import ResBlock, conv2d, lrelu
+from refsr.models._convert import KeyRenames
 from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
-from refsr.models.vgg import VGG19Features
+from refsr.models.vgg import VGG19Features, load_vgg19_weights
 from refsr.ops import deform_conv2d
 
 __all__ = [
@@ -141,11 +142,7 @@ WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
     # In place is safe: every input here is a fresh conv / pixel-shuffle output whose backward does not
     # read its output.
-    return F.leaky_relu(x, 0.1, inplace=True)
-
-
-def _conv(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+    return lrelu(x, inplace=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,7 +157,7 @@ class ContentExtractor(nn.Module):
 
     def __init__(self, ngf: int, n_blocks: int) -> None:
         super().__init__()
-        self.conv_first = _conv(3, ngf)
+        self.conv_first = conv2d(3, ngf)
         self.body = nn.Sequential(*(ResBlock(ngf) for _ in range(n_blocks)))
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
@@ -179,7 +176,7 @@ class MatchWarp(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.empty(channels))
-        self.conv_offset_mask = _conv(channels, 9)
+        self.conv_offset_mask = conv2d(channels, 9)
 
     def forward(self, feature: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         mask = torch.sigmoid(self.conv_offset_mask(feature))
@@ -205,7 +202,7 @@ class DynamicAggregation(nn.Module):
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.empty(channels))
-        self.conv_offset_mask = _conv(channels, groups * 27)
+        self.conv_offset_mask = conv2d(channels, groups * 27)
 
     def forward(self, feature: torch.Tensor, guide: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         predicted = self.conv_offset_mask(guide)
@@ -224,14 +221,14 @@ class _AggregationLevel(nn.Module):
     def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool) -> None:
         super().__init__()
         self.prewarp = MatchWarp(texture_channels)
-        self.offset_conv1 = _conv(ngf + texture_channels, texture_channels)
-        self.offset_conv2 = _conv(texture_channels, texture_channels)
+        self.offset_conv1 = conv2d(ngf + texture_channels, texture_channels)
+        self.offset_conv2 = conv2d(texture_channels, texture_channels)
         self.aggregate = DynamicAggregation(texture_channels, groups)
-        self.head = _conv(ngf + texture_channels, ngf)
+        self.head = conv2d(ngf + texture_channels, ngf)
         self.body = nn.Sequential(*(ResBlock(ngf) for _ in range(n_blocks)))
         self.upsample = upsample
         if upsample:
-            self.tail = _conv(ngf, 4 * ngf)
+            self.tail = conv2d(ngf, 4 * ngf)
 
     def forward(self, x: torch.Tensor, texture: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``x (M,ngf,H,W)``, ``texture (M,C,H,W)``, ``offsets (M,18,H,W)`` -> ``(M,ngf,2H,2W)`` or
@@ -266,8 +263,8 @@ class RestorationNet(nn.Module):
         self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True)
         self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True)
         self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False)
-        self.out_conv1 = _conv(ngf, ngf // 2)
-        self.out_conv2 = _conv(ngf // 2, 3)
+        self.out_conv1 = conv2d(ngf, ngf // 2)
+        self.out_conv2 = conv2d(ngf // 2, 3)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -469,9 +466,6 @@ class AMSA(RefSRModel):
         propagation: PatchMatch propagation, ``"index"`` (official) or ``"offset"``; default by mode.
         seed: seeds PatchMatch (same inputs and seed: same output).
         proxy_dim, polish: PatchMatch's candidate-ranking options (:func:`match_patchmatch`).
-        extractor_weights: C2-Matching's ``feature_extraction.pth`` (or a converted file) for the
-            contrastive extractor; ``vgg_weights``: an ImageNet VGG19 file (torchvision's
-            ``vgg19-dcbb9e9d.pth`` or refsr's layout) for the textures. Both stay random when ``None``.
         decode_pixels: the decoder runs on chunks of (sample, scale) pairs holding at most this many HR
             pixels together (at least one pair), which bounds the DCNs' im2col memory.
     """
@@ -493,8 +487,6 @@ class AMSA(RefSRModel):
         seed: int = 0,
         proxy_dim: int | None = DEFAULT_PROXY_DIM,
         polish: int = 1,
-        extractor_weights: WeightsArg = None,
-        vgg_weights: WeightsArg = None,
         decode_pixels: int = 1 << 18,
     ) -> None:
         super().__init__()
@@ -526,13 +518,9 @@ class AMSA(RefSRModel):
             seed=seed,
         )
 
-        # Config files write paths with "~" (``~/data/feature_extraction.pth``).
-        extractor_weights, vgg_weights = (
-            os.path.expanduser(w) if isinstance(w, (str, os.PathLike)) else w
-            for w in (extractor_weights, vgg_weights)
-        )
-        self.correspondence_extractor = ContrastiveExtractor(weights=extractor_weights, trainable=False)
-        self.texture_extractor = VGG19Features(("relu1_1", "relu2_1", "relu3_1"), weights=vgg_weights)
+        # Random until loaded: the builders' extractor_weights / vgg_weights (load_frozen_parts).
+        self.correspondence_extractor = ContrastiveExtractor(trainable=False)
+        self.texture_extractor = VGG19Features(("relu1_1", "relu2_1", "relu3_1"))
         self.restoration = RestorationNet(ngf, n_blocks, groups)
 
     def train(self, mode: bool = True) -> "AMSA":
@@ -750,58 +738,34 @@ class AMSA(RefSRModel):
 # Builders
 
 
-@register_model("amsa")
-def amsa(
-    *,
-    ngf: int = 64,
-    n_blocks: int = 16,
-    groups: int = 8,
-    mode: str = "fixed",
-    num_ref_scales: int = 5,
-    ref_scale_factor: float = 0.8,
-    schedule: str | Sequence[int] | None = None,
-    propagation: str | None = None,
-    seed: int = 0,
-    proxy_dim: int | None = DEFAULT_PROXY_DIM,
-    polish: int = 1,
-    extractor_weights: WeightsArg = None,
-    vgg_weights: WeightsArg = None,
-    decode_pixels: int = 1 << 18,
-) -> AMSA:
-    """AMSA (AAAI 2022), x4: official architecture (restoration net 9,676,454 params), mode fixed/official."""
-    return AMSA(
-        ngf=ngf, n_blocks=n_blocks, groups=groups, mode=mode, num_ref_scales=num_ref_scales,
-        ref_scale_factor=ref_scale_factor, schedule=schedule, propagation=propagation, seed=seed,
-        proxy_dim=proxy_dim, polish=polish, extractor_weights=extractor_weights, vgg_weights=vgg_weights,
-        decode_pixels=decode_pixels,
-    )
+def load_frozen_parts(model: AMSA, extractor_weights: WeightsArg, vgg_weights: WeightsArg) -> AMSA:
+    """Load AMSA's frozen extractors: C2-Matching's ``feature_extraction.pth`` (or a converted file) into the
+    contrastive extractor, an ImageNet VGG19 (torchvision's ``vgg19-dcbb9e9d.pth`` or refsr's layout) into the
+    texture extractor. Either stays as it is when ``None``. Paths may start with ``~`` (config files)."""
+    if extractor_weights is not None:
+        source = os.path.expanduser(extractor_weights) if isinstance(extractor_weights, (str, os.PathLike)) \
+            else extractor_weights
+        model.correspondence_extractor.load_weights(source)
+    if vgg_weights is not None:
+        source = os.path.expanduser(vgg_weights) if isinstance(vgg_weights, (str, os.PathLike)) else vgg_weights
+        load_vgg19_weights(model.texture_extractor, source)
+    return model
 
 
-@register_model("amsa-lite")
-def amsa_lite(
-    *,
-    ngf: int = 32,
-    n_blocks: int = 4,
-    groups: int = 4,
-    mode: str = "fixed",
-    num_ref_scales: int = 3,
-    ref_scale_factor: float = 0.8,
-    schedule: str | Sequence[int] | None = None,
-    propagation: str | None = None,
-    seed: int = 0,
-    proxy_dim: int | None = DEFAULT_PROXY_DIM,
-    polish: int = 1,
-    extractor_weights: WeightsArg = None,
-    vgg_weights: WeightsArg = None,
-    decode_pixels: int = 1 << 18,
-) -> AMSA:
+@register_model("amsa", paper="AMSA (AAAI 2022)")
+def amsa(*, extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None, **kwargs: Any) -> AMSA:
+    """AMSA (AAAI 2022), x4: official architecture (restoration net 9,676,454 params), mode fixed/official.
+
+    ``extractor_weights`` / ``vgg_weights`` load the frozen extractors (:func:`load_frozen_parts`).
+    """
+    return load_frozen_parts(build_variant(AMSA, "amsa", {}, kwargs), extractor_weights, vgg_weights)
+
+
+@register_model("amsa-lite", paper="AMSA (AAAI 2022)")
+def amsa_lite(*, extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None, **kwargs: Any) -> AMSA:
     """AMSA sized for CPU training: 32 channels, 4 ResBlocks per stage, 4 DCN groups, 3 reference scales."""
-    return AMSA(
-        ngf=ngf, n_blocks=n_blocks, groups=groups, mode=mode, num_ref_scales=num_ref_scales,
-        ref_scale_factor=ref_scale_factor, schedule=schedule, propagation=propagation, seed=seed,
-        proxy_dim=proxy_dim, polish=polish, extractor_weights=extractor_weights, vgg_weights=vgg_weights,
-        decode_pixels=decode_pixels,
-    )
+    model_args = dict(ngf=32, n_blocks=4, groups=4, num_ref_scales=3)
+    return load_frozen_parts(build_variant(AMSA, "amsa-lite", model_args, kwargs), extractor_weights, vgg_weights)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -840,26 +804,8 @@ def _renames() -> tuple[tuple[str, str], ...]:
     return tuple(table)
 
 
-def _compile(template: str) -> re.Pattern[str]:
-    pattern = re.escape(template)
-    for name in "ab":
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern + r"(?P<kind>weight|bias)$")
-
-
-_RENAMES = _renames()
-_TO_OURS = tuple((_compile(official), ours) for official, ours in _RENAMES)
-_TO_OFFICIAL = tuple((_compile(ours), official) for official, ours in _RENAMES)
+_RENAMES = KeyRenames(_renames())
 _EXTRACTOR_PREFIX = "correspondence_extractor."
-
-
-def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in table:
-        found = pattern.match(key)
-        if found:
-            groups = found.groupdict()
-            return template.format(**groups) + groups["kind"]
-    return None
 
 
 def official_key(our_key: str) -> str:
@@ -867,10 +813,7 @@ def official_key(our_key: str) -> str:
     (``restoration.relu3.prewarp.weight`` -> ``dyn_agg_restore.small_deform_conv.weight``).
     Raises ``KeyError`` for keys with no counterpart (the extractor's: see
     :mod:`refsr.models.contrastive_extractor`)."""
-    official = _rename(our_key, _TO_OFFICIAL)
-    if official is None:
-        raise KeyError(our_key)
-    return official
+    return _RENAMES.official_key(our_key)
 
 
 #: Official net_map buffers (constants; dropped on conversion).
@@ -967,7 +910,7 @@ def convert_official_amsa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             parts = [f"{what}: {_listing(found)}" for what, found in problems if found]
             raise RefsrError(f"official AMSA {part}: " + "; ".join(parts))
         for key, value in keys.items():
-            ours = _rename(key, _TO_OURS)
+            ours = _RENAMES.to_ours(key)
             if ours is not None:  # None: a net_map buffer, dropped
                 converted[ours] = value
     if extractor:

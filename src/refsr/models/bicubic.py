@@ -12,6 +12,7 @@ import torch
 
 from refsr.imresize import imresize
 from refsr.models._base import RefSRModel
+from refsr.models._memory import MemoryCost
 from refsr.models._registry import register_model
 
 __all__ = ["BicubicUpsampler", "bicubic"]
@@ -28,6 +29,8 @@ class BicubicUpsampler(RefSRModel):
     """
 
     uses_ref = False
+    # Calibrated with benchmarks/upscale.py --calibrate: the output canvas, and a small per-tile working set.
+    memory_cost = MemoryCost(fixed=300 * 2**20, per_image_pixel=320, per_tile_pixel=16 * 3 * 4 * 4, context=4, ramp=4)
 
     def __init__(self, *, scale: int = 4, kernel: str = "pil", quantize: bool = True) -> None:
         super().__init__()
@@ -47,7 +50,7 @@ class BicubicUpsampler(RefSRModel):
         return f"scale={self.scale}, kernel={self.kernel!r}, quantize={self.quantize}"
 
 
-@register_model("bicubic")
+@register_model("bicubic", paper="PIL bicubic (the baseline)")
 def bicubic(*, scale: int = 4, kernel: str = "pil", quantize: bool = True) -> BicubicUpsampler:
     """Bicubic upsampling (PIL-exact), the baseline row of every RefSR table."""
     return BicubicUpsampler(scale=scale, kernel=kernel, quantize=quantize)

@@ -34,6 +34,7 @@ from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.models.vgg import IMAGENET_MEAN, IMAGENET_STD
+from refsr.weights_io import load_state_dict, read_checkpoint
 
 __all__ = [
     "VGG16_TO_CONV3_1",
@@ -96,18 +97,17 @@ class ContrastiveBranch(nn.Module):
 class ContrastiveExtractor(nn.Module):
     """C2-Matching's two-branch extractor: ``forward(lr_up, ref) -> (feat_lr, feat_ref)``.
 
+    The weights start random (PyTorch's default); :meth:`load_weights` reads C2-Matching's
+    ``feature_extraction.pth`` or a refsr file.
+
     Args:
-        weights: a file (``feature_extraction.pth`` or a refsr ``.safetensors``) or a state_dict in the
-            official or refsr layout; ``None`` keeps PyTorch's random initialisation.
         trainable: leave ``requires_grad`` on (for contrastive training); otherwise frozen and in eval mode.
     """
 
-    def __init__(self, *, weights: WeightsArg = None, trainable: bool = True) -> None:
+    def __init__(self, *, trainable: bool = True) -> None:
         super().__init__()
         self.lr_branch = ContrastiveBranch()
         self.ref_branch = ContrastiveBranch()
-        if weights is not None:
-            self.load_weights(weights)
         if not trainable:
             self.requires_grad_(False)
             self.eval()
@@ -137,14 +137,10 @@ class ContrastiveExtractor(nn.Module):
         if isinstance(source, Mapping):
             state = dict(source)
         else:
-            from refsr.hub import read_checkpoint  # not at import time: hub imports the model registry
-
             state = read_checkpoint(source)
         state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
         if any(k.startswith(tuple(OFFICIAL_PREFIXES.values())) for k in state):
             state = convert_official_contrastive_extractor(state)
-        from refsr.hub import load_state_dict
-
         load_state_dict(self, state, source="the contrastive extractor weights")
         return self
 

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
@@ -82,12 +82,16 @@ from refsr.matching.correspondence import Correspondence
 from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_converter, register_model
+from refsr.models._blocks import ResBlock, conv2d
+from refsr.models._convert import KeyRenames
+from refsr.models._memory import MemoryCost
+from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
 
 __all__ = [
     "MASA",
     "MASAReferenceCache",
+    "MASA_MEMORY_COST",
     "ResBlock",
     "SAM",
     "DRAM",
@@ -107,29 +111,12 @@ _SCALE = 4
 _INSTANCE_NORM_EPS = 1e-5  # nn.InstanceNorm2d's default, which the official SAM uses
 
 
-def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-
-
-class ResBlock(nn.Module):
-    """``x + conv2(ReLU(conv1(x)))``, 3x3 convolutions with bias, no normalisation and no residual scale."""
-
-    def __init__(self, nf: int) -> None:
-        super().__init__()
-        self.conv1 = _conv(nf, nf)
-        self.conv2 = _conv(nf, nf)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In-place ReLU and add are safe for autograd: neither convolution needs its output for backward.
-        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
-
-
 class _Level(nn.Module):
     """A conv (optionally strided) + ReLU, then ``blocks`` ResBlocks: one encoder or U-Net level."""
 
     def __init__(self, in_channels: int, nf: int, blocks: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv = _conv(in_channels, nf, stride)
+        self.conv = conv2d(in_channels, nf, stride=stride)
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,9 +205,9 @@ class SAM(nn.Module):
         super().__init__()
         self.learnable = learnable
         if learnable:
-            self.shared = _conv(2 * nf, nf)
-            self.gamma = _conv(nf, nf)
-            self.beta = _conv(nf, nf)
+            self.shared = conv2d(2 * nf, nf)
+            self.gamma = conv2d(nf, nf)
+            self.beta = conv2d(nf, nf)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """``lr (N,C,H,W)`` LR features at the Ref's resolution, ``ref (N,C,H,W)`` -> ``(N,C,H,W)``."""
@@ -258,12 +245,12 @@ class DRAM(nn.Module):
         self.ref_branch = ref_branch
         self.lr_branch = lr_branch
         if ref_branch:
-            self.ref_branch_down = _conv(nf, nf, stride=2)
+            self.ref_branch_down = conv2d(nf, nf, stride=2)
             self.ref_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
         if lr_branch:
-            self.lr_branch_down = _conv(nf, nf, stride=2)
+            self.lr_branch_down = conv2d(nf, nf, stride=2)
             self.lr_branch_up = nn.ConvTranspose2d(nf, nf, 3, stride=2, padding=1, output_padding=1)
-        self.merge = _conv(2 * nf, nf)
+        self.merge = conv2d(2 * nf, nf)
 
     def forward(self, lr: torch.Tensor, ref: torch.Tensor, lr_up: torch.Tensor | None = None) -> torch.Tensor:
         """``lr (N,C,h,w)``, ``ref (N,C,2h,2w)`` -> ``(N,C,2h,2w)``.
@@ -294,7 +281,7 @@ class _Fusion(nn.Module):
     def __init__(self, nf: int, blocks: int, *, dram: DRAM | None = None) -> None:
         super().__init__()
         if dram is None:
-            self.merge = _conv(2 * nf, nf)
+            self.merge = conv2d(2 * nf, nf)
         else:
             self.dram = dram
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
@@ -337,6 +324,26 @@ class MASAReferenceCache:
         return sum(m.numel() * m.element_size() for m in maps)
 
 
+#: MASA's memory cost at nf = 32 (``masa-lite``), calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
+#: (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the per-pixel terms with ``nf / 32``, since every
+#: large map has nf channels.
+MASA_MEMORY_COST = MemoryCost(
+    fixed=300 * 2**20,
+    # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
+    per_image_pixel=320,
+    # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
+    # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
+    per_tile_pixel=22_000,
+    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
+    per_ref_pixel=230,
+    # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
+    per_ref_pixel_encoding=700,
+    matching_workspace=256 * 2**20,
+    context=16,
+    ramp=16,
+)
+
+
 class MASA(RefSRModel):
     """MASA-SR, x4. See the module docstring for the architecture and where it follows the official code.
 
@@ -360,6 +367,9 @@ class MASA(RefSRModel):
 
     scale = _SCALE
     uses_ref = True
+    takes_ref_down = True
+    caches_reference = True
+    exposes_correspondence = True
 
     def __init__(
         self,
@@ -425,7 +435,7 @@ class MASA(RefSRModel):
                                                                lr_branch=dram_lr_branch))
         self.fuse_x4 = _Fusion(nf, fusion_blocks[2], dram=DRAM(nf, ref_branch=dram_ref_branch,
                                                                lr_branch=dram_lr_branch))
-        self.conv_out = _conv(nf, 3)
+        self.conv_out = conv2d(nf, 3)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ set-up
@@ -687,61 +697,62 @@ class MASA(RefSRModel):
         sr = sr + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
         return (sr.contiguous(), corr) if return_correspondence else sr.contiguous()
 
+    @property
+    def memory_cost(self) -> MemoryCost:  # type: ignore[override]
+        """:data:`MASA_MEMORY_COST` with the per-pixel terms scaled by ``nf / 32`` and this model's MEM chunk
+        budget as the matching workspace."""
+        width = self.config["nf"] / 32
+        cost = MASA_MEMORY_COST
+        return replace(cost, per_tile_pixel=cost.per_tile_pixel * width, per_ref_pixel=cost.per_ref_pixel * width,
+                       per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
+                       matching_workspace=int(self.match_max_bytes))
+
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.config.items())
 
 
-@register_model("masa")
-def masa(
-    *,
-    nf: int = 64,
-    encoder_blocks: Sequence[int] = (4, 4, 4),
-    unet_blocks: Sequence[int] = (2, 2, 2),
-    fusion_blocks: Sequence[int] = (12, 8, 4),
-    lr_block_size: int = 8,
-    ref_block_factor: float = 1.5,
-    dilations: Sequence[int] = (1, 2, 3),
-    use_sam: bool = True,
-    sam_learnable: bool = True,
-    dram_ref_branch: bool = True,
-    dram_lr_branch: bool = True,
-) -> MASA:
+@register_model("masa", paper="MASA-SR (CVPR 2021)")
+def masa(**kwargs: Any) -> MASA:
     """MASA-SR (CVPR 2021), x4; official architecture and initialisation (4,028,291 parameters)."""
-    return MASA(
-        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
-        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
-        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
-    )
+    return build_variant(MASA, "masa", {}, kwargs)
 
 
-@register_model("masa-lite")
-def masa_lite(
-    *,
-    nf: int = 32,
-    encoder_blocks: Sequence[int] = (2, 2, 2),
-    unet_blocks: Sequence[int] = (1, 1, 1),
-    fusion_blocks: Sequence[int] = (6, 4, 2),
-    lr_block_size: int = 8,
-    ref_block_factor: float = 1.5,
-    dilations: Sequence[int] = (1, 2, 3),
-    use_sam: bool = True,
-    sam_learnable: bool = True,
-    dram_ref_branch: bool = True,
-    dram_lr_branch: bool = True,
-) -> MASA:
+#: The default model's weights (``refsr/weights/masa-lite.safetensors``); MODEL_CARD.md tells the whole story.
+MASA_LITE_WEIGHTS = WeightsInfo(
+    file="masa-lite.safetensors",
+    sha256="eef58c2af64e3ff17fcd0481e348cc2ba9cffb6399536fda1399b6f10b0339f0",
+    parameters=621_187,
+    scale=4,
+    degradation="bicubic",
+    recipe=("configs/default.yaml",),
+    hardware="one CPU thread of a 2-core machine",
+    training_time="93 min",
+    training_data="open benchmark, training split only: 153 photos with synthetic references (weight 0.7) and "
+                  "68 CGI video frame pairs (0.3)",
+    protocol="masa",
+    eval_command="refsr eval --dataset open --baselines --breakdown kind,gap",
+    scores={
+        "all": (30.48, 0.866), "video": (30.92, 0.874), "stereo_calib": (24.89, 0.841),
+        "landmark": (27.04, 0.776), "multiview": (27.26, 0.767), "stereo": (28.06, 0.769),
+        "thumbnail": (24.39, 0.711), "flow": (35.22, 0.911),
+        "gap 1": (31.04, 0.875), "gap 4": (30.94, 0.874), "gap 8": (30.96, 0.874), "gap 16": (30.73, 0.871),
+    },
+    pairs=356,
+)
+
+
+@register_model("masa-lite", paper="MASA-SR (CVPR 2021)", weights=MASA_LITE_WEIGHTS)
+def masa_lite(**kwargs: Any) -> MASA:
     """MASA-SR with 32 channels and about half the ResBlocks, sized for training on a CPU."""
-    return MASA(
-        nf=nf, encoder_blocks=encoder_blocks, unet_blocks=unet_blocks, fusion_blocks=fusion_blocks,
-        lr_block_size=lr_block_size, ref_block_factor=ref_block_factor, dilations=dilations, use_sam=use_sam,
-        sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch, dram_lr_branch=dram_lr_branch,
-    )
+    model_args = dict(nf=32, encoder_blocks=(2, 2, 2), unet_blocks=(1, 1, 1), fusion_blocks=(6, 4, 2))
+    return build_variant(MASA, "masa-lite", model_args, kwargs)
 
 
 # ---------------------------------------------------------------------- official checkpoints
 
 # (official prefix, our prefix) of every parameter; ``{a}``, ``{b}`` and ``{c}`` stand for a level, scale,
 # block or conv number carried over from one name to the other.
-_RENAMES: tuple[tuple[str, str], ...] = (
+_RENAMES = KeyRenames((
     ("enc.conv_L{a}.", "encoder.level{a}.conv."),
     ("enc.blk_L{a}.{b}.conv{c}.", "encoder.level{a}.blocks.{b}.conv{c}."),
     ("decoder.conv_L{a}.", "lr_decoder.level{a}.conv."),
@@ -757,37 +768,13 @@ _RENAMES: tuple[tuple[str, str], ...] = (
     ("decoder.pAda.conv_shared.0.", "sam.shared."),
     ("decoder.pAda.conv_gamma.", "sam.gamma."),
     ("decoder.pAda.conv_beta.", "sam.beta."),
-)
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    """A prefix template as a regex matching ``<prefix>weight`` or ``<prefix>bias``."""
-    pattern = re.escape(template)
-    for name in "abc":
-        pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern + r"(?P<kind>weight|bias)$")
-
-
-_TO_OURS = tuple((_compile(official), ours) for official, ours in _RENAMES)
-_TO_OFFICIAL = tuple((_compile(ours), official) for official, ours in _RENAMES)
-
-
-def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
-    for pattern, template in table:
-        found = pattern.match(key)
-        if found:
-            groups = found.groupdict()
-            return template.format(**groups) + groups["kind"]
-    return None
+))
 
 
 def official_key(our_key: str) -> str:
     """The official MASA state_dict key of one of our keys (``encoder.level1.conv.weight`` ->
     ``enc.conv_L1.weight``). Raises ``KeyError`` for keys with no official counterpart."""
-    official = _rename(our_key, _TO_OFFICIAL)
-    if official is None:
-        raise KeyError(our_key)
-    return official
+    return _RENAMES.official_key(our_key)
 
 
 _BGR_TO_RGB = [2, 1, 0]
@@ -835,7 +822,7 @@ def convert_official_masa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     converted: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for key, value in state_dict.items():
-        ours = _rename(key, _TO_OURS)
+        ours = _RENAMES.to_ours(key)
         if ours is None or key not in expected or not isinstance(value, torch.Tensor):
             unexpected.append(key)
         else:

@@ -53,7 +53,7 @@ Choices the paper leaves open (each one is a constructor option where it is a nu
    the reference translated by the match (not a per-pixel warp: the paper feeds SS-Net "the reference patch
    selected via CC-Net"). The reference is padded by replication where the crop leaves it.
 7. **Search range**: 100 reference pixels either side of the window centre (paper, testing stage), clipped
-   to the reference; training CC-Net uses a 129x129 window (±64), :mod:`refsr.train.ccnet`.
+   to the reference; training CC-Net uses a 129x129 window (±64), :mod:`refsr.train.tasks.ccnet`.
 8. **SRResNet + NN** (Sec. 4, 5.2): SRResNet [Ledig et al.] with 64 channels, a 9x9 first conv + PReLU, 16
    residual blocks (conv-BN-PReLU-conv-BN + identity), conv-BN and the long skip; the sub-pixel upsampling
    blocks replaced by x2 nearest-neighbour + 3x3 conv + PReLU; a 9x9 last conv. PReLU has one slope per
@@ -86,9 +86,9 @@ Choices the paper leaves open (each one is a constructor option where it is a nu
     reference size.
 14. **Initialisation**: PyTorch's defaults (Kaiming-uniform convs, BN weight 1, bias 0).
 
-Training (paper Sec. 5): CC-Net by :func:`refsr.train.ccnet.train_ccnet` (configs ``ccnet.yaml``,
-``ccnet-lite.yaml``); the SRResNet + NN by the standard engine on ``srresnet-x8``; SS-Net by the standard
-engine on ``refsrnet`` with ``ccnet_weights`` / ``sisr_weights`` (configs ``ssnet.yaml``, ``refsrnet.yaml``).
+Training (paper Sec. 5): CC-Net by ``refsr train`` with ``task: ccnet`` (configs ``ccnet.yaml``,
+``ccnet-lite.yaml``); the SRResNet + NN by the same loop's restoration task on ``srresnet-x8``; SS-Net by it
+on ``refsrnet`` with ``ccnet_weights`` / ``sisr_weights`` (configs ``ssnet.yaml``, ``refsrnet.yaml``).
 """
 
 from __future__ import annotations
@@ -104,9 +104,10 @@ from refsr.errors import RefsrError
 from refsr.matching.ccnet import DEFAULT_SEARCH_RANGE, match_ccnet, upsample_lr
 from refsr.matching.correspondence import Correspondence
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_model
+from refsr.models._registry import build_variant, register_model
 from refsr.models._size import SizeRule
 from refsr.ops.sliding_window import DEFAULT_SIGMA, WEIGHT_MODES, sliding_window_fuse, sliding_window_positions
+from refsr.weights_io import read_checkpoint
 
 __all__ = [
     "CCNet",
@@ -397,6 +398,7 @@ class RefSRNet(RefSRModel):
 
     scale = SCALE
     uses_ref = True
+    exposes_correspondence = True
 
     def __init__(
         self,
@@ -581,8 +583,6 @@ def _strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str,
 
 
 def _load_parts(model: RefSRNet, ccnet_weights: str | None, sisr_weights: str | None) -> RefSRNet:
-    from refsr.hub import read_checkpoint
-
     try:
         if ccnet_weights is not None:
             model.load_ccnet(read_checkpoint(ccnet_weights))
@@ -594,82 +594,28 @@ def _load_parts(model: RefSRNet, ccnet_weights: str | None, sisr_weights: str | 
     return model
 
 
-@register_model("refsrnet")
-def refsrnet(
-    *,
-    ccnet_channels: Sequence[int] = CCNET_CHANNELS,
-    ccnet_dilations: Sequence[int] = CCNET_DILATIONS,
-    ccnet_out_channels: int = CCNET_OUT_CHANNELS,
-    sisr_channels: int = 64,
-    sisr_blocks: int = 16,
-    hr_channels: Sequence[int] = (64, 64, 64, 64),
-    fuse_channels: int = 64,
-    fuse_activation: str = "sigmoid",
-    mask_relu: bool = True,
-    patch_stride: int = 4,
-    search_range: int = DEFAULT_SEARCH_RANGE,
-    fusion: str = "mask-gaussian",
-    sigma: float = DEFAULT_SIGMA,
-    freeze_ccnet: bool = True,
-    freeze_lr_features: bool = True,
-    residual: str = "none",
-    patch_batch: int = 256,
-    ccnet_weights: str | None = None,
-    sisr_weights: str | None = None,
-) -> RefSRNet:
+@register_model("refsrnet", paper="RefSR-Net (BMVC 2017)")
+def refsrnet(*, ccnet_weights: str | None = None, sisr_weights: str | None = None, **kwargs: Any) -> RefSRNet:
     """RefSR-Net (BMVC 2017), x8: CC-Net matching + SS-Net patch synthesis + mask-weighted sliding windows.
 
-    ``ccnet_weights`` / ``sisr_weights``: files with a trained CC-Net (``refsr.train.ccnet.train_ccnet``'s
-    ``ccnet.safetensors``) and a pre-trained ``srresnet-x8``, loaded into the frozen parts.
+    ``ccnet_weights`` / ``sisr_weights``: files with a trained CC-Net (a ``task: ccnet`` run's
+    ``checkpoints/last/model.safetensors``) and a pre-trained ``srresnet-x8``, loaded into the frozen parts.
     """
-    model = RefSRNet(
-        ccnet_channels=ccnet_channels, ccnet_dilations=ccnet_dilations, ccnet_out_channels=ccnet_out_channels,
-        sisr_channels=sisr_channels, sisr_blocks=sisr_blocks, hr_channels=hr_channels,
-        fuse_channels=fuse_channels, fuse_activation=fuse_activation, mask_relu=mask_relu,
-        patch_stride=patch_stride, search_range=search_range, fusion=fusion, sigma=sigma,
-        freeze_ccnet=freeze_ccnet, freeze_lr_features=freeze_lr_features, residual=residual,
-        patch_batch=patch_batch,
-    )
-    return _load_parts(model, ccnet_weights, sisr_weights)
+    return _load_parts(build_variant(RefSRNet, "refsrnet", {}, kwargs), ccnet_weights, sisr_weights)
 
 
-@register_model("refsrnet-lite")
-def refsrnet_lite(
-    *,
-    ccnet_channels: Sequence[int] = (8, 16, 32, 32, 32, 64),
-    ccnet_dilations: Sequence[int] = CCNET_DILATIONS,
-    ccnet_out_channels: int = 128,
-    sisr_channels: int = 32,
-    sisr_blocks: int = 4,
-    hr_channels: Sequence[int] = (32, 32, 32, 32),
-    fuse_channels: int = 32,
-    fuse_activation: str = "sigmoid",
-    mask_relu: bool = True,
-    patch_stride: int = 4,
-    search_range: int = 48,
-    fusion: str = "mask-gaussian",
-    sigma: float = DEFAULT_SIGMA,
-    freeze_ccnet: bool = True,
-    freeze_lr_features: bool = True,
-    residual: str = "bicubic",
-    patch_batch: int = 256,
-    ccnet_weights: str | None = None,
-    sisr_weights: str | None = None,
-) -> RefSRNet:
+@register_model("refsrnet-lite", paper="RefSR-Net (BMVC 2017)")
+def refsrnet_lite(*, ccnet_weights: str | None = None, sisr_weights: str | None = None,
+                  **kwargs: Any) -> RefSRNet:
     """RefSR-Net with half-width CC-Net, a 4-block 32-channel SRResNet trunk and 32-channel SS-Net (CPU),
     predicting the detail over bicubic (``residual="bicubic"``, choice 10) so that it trains in minutes."""
-    model = RefSRNet(
-        ccnet_channels=ccnet_channels, ccnet_dilations=ccnet_dilations, ccnet_out_channels=ccnet_out_channels,
-        sisr_channels=sisr_channels, sisr_blocks=sisr_blocks, hr_channels=hr_channels,
-        fuse_channels=fuse_channels, fuse_activation=fuse_activation, mask_relu=mask_relu,
-        patch_stride=patch_stride, search_range=search_range, fusion=fusion, sigma=sigma,
-        freeze_ccnet=freeze_ccnet, freeze_lr_features=freeze_lr_features, residual=residual,
-        patch_batch=patch_batch,
-    )
-    return _load_parts(model, ccnet_weights, sisr_weights)
+    model_args = dict(ccnet_channels=(8, 16, 32, 32, 32, 64), ccnet_out_channels=128, sisr_channels=32,
+                      sisr_blocks=4, hr_channels=(32, 32, 32, 32), fuse_channels=32, search_range=48,
+                      residual="bicubic")
+    return _load_parts(build_variant(RefSRNet, "refsrnet-lite", model_args, kwargs), ccnet_weights, sisr_weights)
 
 
-@register_model("srresnet-x8")
-def srresnet_x8(*, nf: int = 64, blocks: int = 16, scale: int = SCALE) -> SRResNetNN:
+@register_model("srresnet-x8", paper="SRResNet (CVPR 2017), RefSR-Net's trunk")
+def srresnet_x8(**kwargs: Any) -> SRResNetNN:
     """SRResNet + NN (nearest-neighbour upsampling), x8: RefSR-Net's LR feature module, pre-trained as SISR."""
-    return SRResNetNN(nf=nf, blocks=blocks, scale=scale)
+    return build_variant(SRResNetNN, "srresnet-x8", {}, kwargs)

@@ -38,7 +38,7 @@ Choices the paper leaves open (numbered so that reports can cite them):
 4. **Channels and depth.** ``nf = 64`` throughout (EDSR-baseline). 16 residual blocks in all, as
    EDSR-baseline: 8 in the extractor ("mid-level" fusion is after the 8th) and 8 in the reconstruction.
    Residual blocks are ``x + conv(ReLU(conv(x)))``, 3x3, no batch norm, no residual scaling
-   (:class:`refsr.models.masa.ResBlock`).
+   (:class:`refsr.models._blocks.ResBlock`, MASA's).
 5. **Fusion at the mid level.** ``fuse = conv3x3(cat[LR features, aligned Ref features])`` (2nf -> nf, no
    activation), then the reconstruction blocks and a 3x3 conv, plus EDSR's long skip from the mid-level LR
    features; then the up-sampler.
@@ -91,9 +91,9 @@ from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.models._base import RefSRModel
-from refsr.models._registry import register_model
+from refsr.models._registry import build_variant, register_model
 from refsr.models._size import SizeRule
-from refsr.models.masa import ResBlock
+from refsr.models._blocks import ResBlock, conv2d, lrelu
 from refsr.ops import DeformConv2d
 
 __all__ = [
@@ -120,22 +120,13 @@ _SCALE = 4
 _KERNEL = 3
 _TAPS = _KERNEL * _KERNEL
 _ESTIMATOR_LEVELS = 3  # "down-sampled three times" (Sec. 3.3)
-_NEGATIVE_SLOPE = 0.1
 # RCAN's MeanShift: the DIV2K training set's RGB mean, for images in [0, 1].
 _DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2)
-
-
 def _upsampler(nf: int) -> nn.Sequential:
     """EDSR's x4 up-sampler: twice (conv nf -> 4nf, PixelShuffle(2))."""
-    return nn.Sequential(_conv(nf, 4 * nf), nn.PixelShuffle(2), _conv(nf, 4 * nf), nn.PixelShuffle(2))
-
-
-def _lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, _NEGATIVE_SLOPE)
+    return nn.Sequential(conv2d(nf, 4 * nf), nn.PixelShuffle(2), conv2d(nf, 4 * nf), nn.PixelShuffle(2))
 
 
 def _check_positive(value: Any, name: str, minimum: int = 1) -> int:
@@ -215,22 +206,22 @@ class OffsetEstimator(nn.Module):
         super().__init__()
         hidden = channels if hidden is None else hidden
         self.use_non_local = use_non_local
-        self.conv_in = _conv(2 * channels, hidden)
-        self.down = nn.ModuleList(_conv(hidden, hidden, stride=2) for _ in range(_ESTIMATOR_LEVELS))
+        self.conv_in = conv2d(2 * channels, hidden)
+        self.down = nn.ModuleList(conv2d(hidden, hidden, stride=2) for _ in range(_ESTIMATOR_LEVELS))
         self.non_local = (
             nn.ModuleList(NonLocalBlock(hidden) for _ in range(_ESTIMATOR_LEVELS)) if use_non_local else None
         )
-        self.up = nn.ModuleList(_conv(hidden, hidden) for _ in range(_ESTIMATOR_LEVELS))
-        self.conv_out = _conv(hidden, 3 * _TAPS)
+        self.up = nn.ModuleList(conv2d(hidden, hidden) for _ in range(_ESTIMATOR_LEVELS))
+        self.conv_out = conv2d(hidden, 3 * _TAPS)
         # Zero offsets and sigmoid(0) = 0.5 modulation at the start: each layer begins as a plain conv.
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, lr_feat: torch.Tensor, ref_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = _lrelu(self.conv_in(torch.cat((lr_feat, ref_feat), dim=1)))
+        x = lrelu(self.conv_in(torch.cat((lr_feat, ref_feat), dim=1)))
         skips = [x]
         for level, down in enumerate(self.down):
-            x = _lrelu(down(x))
+            x = lrelu(down(x))
             if self.non_local is not None:
                 x = self.non_local[level](x)
             skips.append(x)
@@ -238,7 +229,7 @@ class OffsetEstimator(nn.Module):
         for level, up in enumerate(self.up):
             skip = skips[_ESTIMATOR_LEVELS - 1 - level]
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = _lrelu(up(x)) + skip
+            x = lrelu(up(x)) + skip
         out = self.conv_out(x)
         return out[:, : 2 * _TAPS], torch.sigmoid(out[:, 2 * _TAPS :])
 
@@ -288,7 +279,7 @@ class SSEN(nn.Module):
             # Passed positionally: the figure code reads them from a forward hook's ``args``.
             aligned = dcn(aligned, offset, mask)
             if index < self.num_layers - 1:
-                aligned = _lrelu(aligned)
+                aligned = lrelu(aligned)
             trace.append((offset, mask))
         return (aligned, trace) if return_offsets else aligned
 
@@ -379,24 +370,24 @@ class SSENNet(RefSRModel):
         multiple = 2**_ESTIMATOR_LEVELS if use_reference and num_dcn_layers > 0 else 1
         self.size_rule = SizeRule(lr_multiple=multiple, min_lr=multiple, pad_mode="replicate")
 
-        self.down1 = _conv(3, nf, stride=2)
-        self.down2 = _conv(nf, nf, stride=2)
+        self.down1 = conv2d(3, nf, stride=2)
+        self.down2 = conv2d(nf, nf, stride=2)
         self.extractor = nn.Sequential(*(ResBlock(nf) for _ in range(extractor_blocks)))
         if use_reference:
             self.ssen = SSEN(nf, num_layers=num_dcn_layers, use_non_local=use_non_local,
                              estimator_channels=estimator_channels)
-            self.fuse = _conv(2 * nf, nf)
+            self.fuse = conv2d(2 * nf, nf)
         else:
             self.ssen = None
             self.fuse = None
         self.reconstruction = nn.Sequential(*(ResBlock(nf) for _ in range(recon_blocks)))
-        self.recon_conv = _conv(nf, nf)
+        self.recon_conv = conv2d(nf, nf)
         self.upsample = _upsampler(nf)
-        self.conv_out = _conv(nf, 3)
+        self.conv_out = conv2d(nf, 3)
 
     def extract(self, image_up: torch.Tensor) -> torch.Tensor:
         """Features on the LR grid: ``(N, 3, 4h, 4w)`` -> ``(N, nf, h, w)`` (two stride-2 convs + blocks)."""
-        return self.extractor(_lrelu(self.down2(_lrelu(self.down1(image_up)))))
+        return self.extractor(lrelu(self.down2(lrelu(self.down1(image_up)))))
 
     @staticmethod
     def fit_reference(ref: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -482,8 +473,8 @@ class RCAB(nn.Module):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         squeezed = max(1, channels // reduction)
-        self.conv1 = _conv(channels, channels)
-        self.conv2 = _conv(channels, channels)
+        self.conv1 = conv2d(channels, channels)
+        self.conv2 = conv2d(channels, channels)
         self.squeeze = nn.Conv2d(channels, squeezed, 1)
         self.excite = nn.Conv2d(squeezed, channels, 1)
 
@@ -499,7 +490,7 @@ class ResidualGroup(nn.Module):
     def __init__(self, channels: int, blocks: int, reduction: int = 16) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(RCAB(channels, reduction) for _ in range(blocks)))
-        self.conv = _conv(channels, channels)
+        self.conv = conv2d(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(self.blocks(x))
@@ -551,7 +542,7 @@ class SSENSelf(RefSRModel):
         multiple = 2**_ESTIMATOR_LEVELS if use_ssen and num_dcn_layers > 0 else 1
         self.size_rule = SizeRule(lr_multiple=multiple, min_lr=multiple, pad_mode="replicate")
         self.register_buffer("rgb_mean", torch.tensor(_DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.head = _conv(3, nf)
+        self.head = conv2d(3, nf)
         split = n_groups // 2
         self.groups_before = nn.Sequential(*(ResidualGroup(nf, n_blocks, reduction) for _ in range(split)))
         self.groups_after = nn.Sequential(
@@ -560,13 +551,13 @@ class SSENSelf(RefSRModel):
         if use_ssen:
             self.ssen = SSEN(nf, num_layers=num_dcn_layers, use_non_local=use_non_local,
                              estimator_channels=estimator_channels)
-            self.fuse = _conv(2 * nf, nf)
+            self.fuse = conv2d(2 * nf, nf)
         else:
             self.ssen = None
             self.fuse = None
-        self.body_conv = _conv(nf, nf)
+        self.body_conv = conv2d(nf, nf)
         self.upsample = _upsampler(nf)
-        self.tail = _conv(nf, 3)
+        self.tail = conv2d(nf, 3)
 
     def sampling_geometry(self, lr_size: tuple[int, int], ref_size: tuple[int, int] | None = None
                           ) -> SamplingGeometry:
@@ -611,92 +602,54 @@ class SSENSelf(RefSRModel):
 
 # ------------------------------------------------------------------------------------------- builders
 
+# The lite sizes (each lite model and its baseline share them, so the pair compares like with like).
+_SSEN_LITE = dict(nf=32, extractor_blocks=3, recon_blocks=5)
+_SSEN_SELF_LITE = dict(nf=32, n_groups=4, n_blocks=4, reduction=8)
 
-@register_model("ssen")
-def ssen(
-    *,
-    nf: int = 64,
-    extractor_blocks: int = 8,
-    recon_blocks: int = 8,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENNet:
+
+@register_model("ssen", paper="SSEN (CVPR 2020)")
+def ssen(**kwargs: Any) -> SSENNet:
     """SSEN (CVPR 2020) RefSR framework, x4: EDSR-style net, 3 stacked DCNs, non-local offset estimators."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks,
-                   num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                   estimator_channels=estimator_channels, use_reference=True)
+    return build_variant(SSENNet, "ssen", {}, kwargs)
 
 
-@register_model("ssen-lite")
-def ssen_lite(
-    *,
-    nf: int = 32,
-    extractor_blocks: int = 3,
-    recon_blocks: int = 5,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENNet:
+@register_model("ssen-lite", paper="SSEN (CVPR 2020)")
+def ssen_lite(**kwargs: Any) -> SSENNet:
     """SSEN with 32 channels and 3 + 5 residual blocks, sized for training on a CPU."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks,
-                   num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                   estimator_channels=estimator_channels, use_reference=True)
+    return build_variant(SSENNet, "ssen-lite", _SSEN_LITE, kwargs)
 
 
-@register_model("ssen-baseline")
-def ssen_baseline(*, nf: int = 64, extractor_blocks: int = 8, recon_blocks: int = 8) -> SSENNet:
+@register_model("ssen-baseline", paper="SSEN (CVPR 2020), its baseline")
+def ssen_baseline(**kwargs: Any) -> SSENNet:
     """The EDSR-style baseline of SSEN's RefSR framework, without reference (single-image), x4."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
+    return build_variant(SSENNet, "ssen-baseline", dict(use_reference=False), kwargs)
 
 
-@register_model("ssen-baseline-lite")
-def ssen_baseline_lite(*, nf: int = 32, extractor_blocks: int = 3, recon_blocks: int = 5) -> SSENNet:
+@register_model("ssen-baseline-lite", paper="SSEN (CVPR 2020), its baseline")
+def ssen_baseline_lite(**kwargs: Any) -> SSENNet:
     """ssen-lite without the reference branch: the single-image baseline to compare ssen-lite with."""
-    return SSENNet(nf=nf, extractor_blocks=extractor_blocks, recon_blocks=recon_blocks, use_reference=False)
+    return build_variant(SSENNet, "ssen-baseline-lite", dict(_SSEN_LITE, use_reference=False), kwargs)
 
 
-@register_model("ssen-self")
-def ssen_self(
-    *,
-    nf: int = 64,
-    n_groups: int = 10,
-    n_blocks: int = 20,
-    reduction: int = 16,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENSelf:
+@register_model("ssen-self", paper="SSEN (CVPR 2020)")
+def ssen_self(**kwargs: Any) -> SSENSelf:
     """SSEN self-similarity SR (CVPR 2020), x4: RCAN with SSEN on the LR's own features; no reference."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction,
-                    num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                    estimator_channels=estimator_channels, use_ssen=True)
+    return build_variant(SSENSelf, "ssen-self", {}, kwargs)
 
 
-@register_model("ssen-self-lite")
-def ssen_self_lite(
-    *,
-    nf: int = 32,
-    n_groups: int = 4,
-    n_blocks: int = 4,
-    reduction: int = 8,
-    num_dcn_layers: int = 3,
-    use_non_local: bool = True,
-    estimator_channels: int | None = None,
-) -> SSENSelf:
+@register_model("ssen-self-lite", paper="SSEN (CVPR 2020)")
+def ssen_self_lite(**kwargs: Any) -> SSENSelf:
     """ssen-self with 32 channels and 4 groups of 4 RCABs, sized for training on a CPU."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction,
-                    num_dcn_layers=num_dcn_layers, use_non_local=use_non_local,
-                    estimator_channels=estimator_channels, use_ssen=True)
+    return build_variant(SSENSelf, "ssen-self-lite", _SSEN_SELF_LITE, kwargs)
 
 
-@register_model("rcan")
-def rcan(*, nf: int = 64, n_groups: int = 10, n_blocks: int = 20, reduction: int = 16) -> SSENSelf:
+@register_model("rcan", paper="RCAN (ECCV 2018)")
+def rcan(**kwargs: Any) -> SSENSelf:
     """RCAN (ECCV 2018), x4, single-image: the baseline of ssen-self."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
+    return build_variant(SSENSelf, "rcan", dict(use_ssen=False), kwargs)
 
 
-@register_model("rcan-lite")
-def rcan_lite(*, nf: int = 32, n_groups: int = 4, n_blocks: int = 4, reduction: int = 8) -> SSENSelf:
+@register_model("rcan-lite", paper="RCAN (ECCV 2018)")
+def rcan_lite(**kwargs: Any) -> SSENSelf:
     """ssen-self-lite without SSEN: the RCAN baseline to compare ssen-self-lite with."""
-    return SSENSelf(nf=nf, n_groups=n_groups, n_blocks=n_blocks, reduction=reduction, use_ssen=False)
+    return build_variant(SSENSelf, "rcan-lite", dict(_SSEN_SELF_LITE, use_ssen=False), kwargs)

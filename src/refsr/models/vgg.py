@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from refsr.errors import RefsrError
+from refsr.weights_io import read_checkpoint
 
 __all__ = [
     "VGG19_LAYERS",
@@ -69,13 +70,12 @@ class VGG19Features(nn.Module):
             before their ReLU).
         normalize_input: subtract the ImageNet mean and divide by its std first, as torchvision's weights
             expect of RGB input in [0, 1].
-        weights: a file (or state_dict) to load with :func:`load_vgg19_weights`; ``None`` keeps PyTorch's
-            default random initialisation (for tests).
         trainable: leave ``requires_grad`` on; by default the network is frozen and in eval mode (it is a
             fixed feature extractor for losses; gradients still flow to the input).
 
     The parameters are named after the layers (``conv1_1.weight``); the normalisation constants are
-    non-persistent buffers, so ``state_dict()`` holds the convolutions only.
+    non-persistent buffers, so ``state_dict()`` holds the convolutions only. The weights start random
+    (PyTorch's default); :func:`load_vgg19_weights` fills them from a file or state_dict.
     """
 
     def __init__(
@@ -83,7 +83,6 @@ class VGG19Features(nn.Module):
         layers: Sequence[str] = ("conv5_4",),
         *,
         normalize_input: bool = True,
-        weights: Union[str, os.PathLike, Mapping[str, torch.Tensor], None] = None,
         trainable: bool = False,
     ) -> None:
         super().__init__()
@@ -109,8 +108,6 @@ class VGG19Features(nn.Module):
         self.normalize_input = normalize_input
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if weights is not None:
-            load_vgg19_weights(self, weights)
         if not trainable:
             self.requires_grad_(False)
             self.eval()
@@ -171,7 +168,7 @@ def load_vgg19_weights(
 ) -> VGG19Features:
     """Load VGG19 weights into ``model`` from a file or a state_dict, in torchvision's or refsr's layout.
 
-    Files are read with :func:`refsr.hub.read_checkpoint` (``.safetensors``, or ``.pth`` with
+    Files are read with :func:`refsr.weights_io.read_checkpoint` (``.safetensors``, or ``.pth`` with
     ``weights_only=True``). Layers beyond the model's last one are ignored, as is torchvision's
     ``classifier``; every convolution the model has must be present with the right shape.
 
@@ -189,8 +186,6 @@ def load_vgg19_weights(
         state = dict(source)
         where = "the VGG19 state_dict"
     else:
-        from refsr.hub import read_checkpoint  # here, not at import: hub imports the model registry
-
         state = read_checkpoint(source)
         where = f"{source}"
     renamed, unknown = _to_our_names(state)

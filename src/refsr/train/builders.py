@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from refsr.errors import RefsrError
-from refsr.train.config import (
+from refsr.train.schema import (
     AdversarialLossConfig,
     CharbonnierLossConfig,
     Config,
@@ -335,13 +335,6 @@ def build_model(cfg: Config) -> nn.Module:
     except RefsrError as exc:
         raise RefsrError(f"model: {exc}") from None
     return model.train()
-
-
-def _takes_ref_down(model: nn.Module) -> bool:
-    try:
-        return "ref_down" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def call_model(model: nn.Module, batch: Mapping[str, torch.Tensor], *, takes_ref_down: bool) -> torch.Tensor:

@@ -12,6 +12,8 @@ import sys
 from typing import Sequence
 
 from refsr.errors import RefsrError
+from refsr.train.config import load_config
+from refsr.train.loop import run_training
 
 __all__ = ["add_train_arguments", "main_train", "main"]
 
@@ -29,31 +31,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def _config_task(path: str) -> str:
-    """The ``task`` field of a YAML config (``restoration`` when absent); a file that cannot be read as a
-    config raises its one-line :class:`RefsrError` here already."""
-    from refsr.train.config import read_config_file
-
-    task = read_config_file(path)[1].get("task")
-    return task if isinstance(task, str) else "restoration"
-
-
 def main_train(args: argparse.Namespace) -> int:
     """Run ``refsr train`` with parsed ``args``; returns the exit status. Raises ``RefsrError`` on bad input."""
-    from refsr.train.config import load_config
-    from refsr.train.engine import run_training
-
-    if _config_task(args.config) == "ccnet":
-        # CC-Net is trained as a classifier over candidate windows (RefSR-Net Eq. 1), not as an SR model, so
-        # its configs have their own schema and loop (refsr.train.ccnet).
-        from refsr.train.ccnet import train_ccnet
-
-        if args.resume:
-            raise RefsrError("--resume: CC-Net training has no resume yet; start it again or lower "
-                             "train.iterations")
-        result = train_ccnet(args.config, out=args.out, overrides=args.set)
-        print(f"trained CC-Net for {result['iterations']} iterations; weights: {result['weights']}")
-        return 0
     cfg = load_config(args.config, args.set)
     rank = int(os.environ.get("RANK", "0") or 0)
     try:
@@ -74,8 +53,6 @@ def main_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m refsr.train CONFIG.yaml ...`` (e.g. under ``torchrun``), with refsr's error contract."""
-    from refsr.errors import RefsrError
-
     parser = argparse.ArgumentParser(prog="refsr train", description="Train a model from a YAML config.")
     add_train_arguments(parser)
     args = parser.parse_args(argv)

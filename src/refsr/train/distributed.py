@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from refsr.devices import resolve_device
 from refsr.errors import RefsrError
 
 __all__ = [
@@ -71,24 +72,6 @@ class DistContext:
             self.created = False
 
 
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:LOCAL_RANK`` when CUDA is there, else the CPU; other names are checked."""
-    if spec == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise RefsrError(f"train.device: unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RefsrError("train.device: CUDA is not available on this machine; use cpu or auto")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RefsrError("train.device: MPS is not available on this machine; use cpu or auto")
-    return device
-
-
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -104,7 +87,7 @@ def setup(device_spec: str = "auto", *, timeout_minutes: float = 30.0) -> DistCo
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    device = resolve_device(device_spec, local_rank)
+    device = resolve_device(device_spec, local_rank=local_rank, field="train.device", auto_mps=False)
     if world <= 1:
         return DistContext(0, 1, 0, device, created=False)
     if not dist.is_available():

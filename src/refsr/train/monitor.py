@@ -121,6 +121,11 @@ class Monitor:
             self._writer.add_scalar("loss/total", record["total"], step)
             for name, value in record["lr"].items():
                 self._writer.add_scalar(f"lr/{name}", value, step)
+            for name, value in record.get("metrics", {}).items():
+                self._writer.add_scalar(f"metric/{name}", value, step)
+            for name in ("samples_per_second", "peak_gpu_memory_mb"):
+                if name in record:
+                    self._writer.add_scalar(f"speed/{name}", record[name], step)
             self._writer.add_scalar("epoch", record["epoch"], step)
         if self._bar is not None:
             lrs = record["lr"]

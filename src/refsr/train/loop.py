@@ -1,35 +1,37 @@
-"""The training loop, as small functions over a :class:`Run` (the parts) and a :class:`TrainState` (the
-counters that a checkpoint saves).
+"""The one training loop: :func:`run_training` runs every task of :data:`refsr.train.tasks.TASKS`.
 
-One *iteration* is one optimiser step: ``train.grad_accumulation`` micro-batches of ``train.batch`` samples
-per process, forward and backward each (DDP synchronises the gradients on the last one; each micro-batch's
-loss is divided by the number of micro-batches, so the gradient is that of the mean: AMSA's official code
-sums three micro-batches instead, a factor Adam ignores up to its epsilon), then
+One *iteration* is one optimiser step: ``train.grad_accumulation`` micro-batches of the task's size per
+process, forward and backward each under ``train.precision`` (DDP synchronises the gradients on the last
+one; each micro-batch's loss is divided by the number of micro-batches, so the gradient is that of the mean:
+AMSA's official code sums three micro-batches instead, a factor Adam ignores up to its epsilon), then
 
 1. the loss terms are averaged over micro-batches and processes, and a NaN or inf stops the run with a
    :class:`~refsr.errors.RefsrError` naming the iteration and the term (nothing is written, so the last
    checkpoint stays the last good one);
-2. the generator steps (after optional gradient clipping), the EMA follows;
-3. with an adversarial loss, the discriminator steps on the same (detached) outputs, as ESRGAN/BasicSR
-   order it (MASA's, C2-Matching's and AMSA's own code step the discriminator first; the difference is one
-   step of lag), its loss averaged over the iteration's micro-batches (WGAN-GP: the penalty is computed
-   per micro-batch, on that micro-batch's interpolates);
-4. validation, the checkpoint and the callbacks run when due; then the stop conditions are checked (all
+2. the network's optimiser steps (after optional gradient clipping), then the task's :meth:`~refsr.train.
+   task.Task.after_step` (the restoration task's EMA and discriminator);
+3. validation, the checkpoint and the callbacks run when due; then the stop conditions are checked (all
    processes agree on a time-budget stop, so they stop at the same iteration).
 
-``task: contrastive_teacher | contrastive_student`` configs are handed to :mod:`refsr.train.contrastive`.
-
 Determinism: the data order comes from :class:`~refsr.train.distributed.ResumableDistributedSampler` and
-each sample's augmentation from a generator seeded by ``(seed, epoch, index)``; the global RNGs are seeded
-and saved in every checkpoint. On the CPU a resumed run repeats an uninterrupted one bit for bit.
+each sample's random choices from a generator seeded by ``(seed, epoch, index)``; the global RNGs are seeded
+and saved in every checkpoint, with the optimisers' and grad scalers' states. On the CPU a resumed run
+repeats an uninterrupted one bit for bit; on CUDA too with ``train.deterministic: true`` (deterministic
+algorithms and cuBLAS's fixed workspace).
+
+A run's folder: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (every iteration: losses, learning
+rates, samples per second and, on CUDA, the peak GPU memory), ``tb/`` (TensorBoard),
+``checkpoints/last/`` (every network of :meth:`~refsr.train.task.Task.modules` and ``state.pt``) and, with
+validation, ``checkpoints/best/``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,37 +39,43 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from refsr.errors import RefsrError
-from refsr.train import builders, checkpoint
-from refsr.train.config import AdversarialLossConfig, Config, Interval, config_to_dict, load_config
+from refsr.train import checkpoint
+from refsr.train.builders import lr_factor
+from refsr.train.config import config_to_dict, load_config
 from refsr.train.distributed import (
     DistContext,
     ResumableDistributedSampler,
     all_reduce_mean,
     any_true,
-    average_gradients,
-    broadcast_buffers,
     gather_objects,
     setup,
 )
-from refsr.train.monitor import Monitor, image_grid, truncate_metrics
+from refsr.train.monitor import Monitor, truncate_metrics
+from refsr.train.schema import Config, Interval
+from refsr.train.task import Precision, Task
+from refsr.train.tasks import TASKS
+from refsr.weights_io import load_state_dict
 
 __all__ = [
     "TrainState",
     "IterationRecord",
     "TrainingSummary",
-    "Run",
     "BatchStream",
+    "Run",
     "run_training",
     "train_step",
-    "validate",
-    "update_ema",
 ]
 
 Callback = Callable[["IterationRecord"], None]
+
+# cuBLAS is deterministic only with a fixed workspace (CUDA's "Reproducibility" notes); it must be set before
+# cuBLAS starts, so train.deterministic sets it before the task builds anything on the GPU.
+_CUBLAS_WORKSPACE = ":4096:8"
 
 
 # -------------------------------------------------------------------------------------------- records
@@ -86,17 +94,27 @@ class TrainState:
 
 @dataclass
 class IterationRecord:
-    """What one iteration did (the same on every process: losses are averaged over processes)."""
+    """What one iteration did (the same on every process: losses are averaged over processes).
+
+    ``throughput`` holds ``samples_per_second`` (samples of this iteration over all processes, per second of
+    its wall time) and, on CUDA, ``peak_gpu_memory_mb`` (this process, since the start).
+    """
 
     iteration: int
     epoch: int
     lr: dict[str, float]
     losses: dict[str, float]
     total: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    throughput: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "epoch": self.epoch, "lr": self.lr, "losses": self.losses,
-                "total": self.total}
+        out = {"iteration": self.iteration, "epoch": self.epoch, "lr": self.lr, "losses": self.losses,
+               "total": self.total}
+        if self.metrics:
+            out["metrics"] = self.metrics
+        out.update(self.throughput)
+        return out
 
 
 @dataclass
@@ -109,8 +127,9 @@ class TrainingSummary:
         stopped_by: ``"iterations"``, ``"epochs"`` or ``"time_budget"``.
         last_checkpoint, best_checkpoint: checkpoint folders (best: None without validation).
         best_score: the best validation score (PSNR in dB, or SSIM with ``select: ssim``).
-        model: the trained network (raw weights, on the training device); ema_model: its EMA, if any;
-            discriminator: the GAN's discriminator, if any.
+        model: the trained network (raw weights, on the training device).
+        modules: every network the checkpoints hold, by file stem (``model``, ``model_ema``,
+            ``discriminator``...).
         records: this process's iteration records of this invocation.
     """
 
@@ -122,9 +141,16 @@ class TrainingSummary:
     best_checkpoint: Path | None
     best_score: float | None
     model: nn.Module
-    ema_model: nn.Module | None
-    discriminator: nn.Module | None = None
+    modules: dict[str, nn.Module]
     records: list[IterationRecord] = field(default_factory=list)
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        return self.modules.get("model_ema")
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        return self.modules.get("discriminator")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -135,11 +161,11 @@ class BatchStream:
     the sampler are told the epoch; worker processes therefore always see the current epoch.
     """
 
-    def __init__(self, dataset: Dataset, sampler: ResumableDistributedSampler, *, batch: int, num_workers: int,
-                 seed: int, device: torch.device, state: TrainState) -> None:
-        self.dataset, self.sampler = dataset, sampler
-        self.batch, self.num_workers, self.seed, self.device = batch, num_workers, seed, device
-        self.state = state
+    def __init__(self, task: Task, sampler: ResumableDistributedSampler, *, num_workers: int, seed: int,
+                 device: torch.device, state: TrainState, channels_last: bool = False) -> None:
+        self.dataset, self.collate, self.sampler = task.dataset, task.collate, sampler
+        self.batch, self.num_workers, self.seed, self.device = task.micro_batch, num_workers, seed, device
+        self.state, self.channels_last = state, channels_last
         self._it: Iterator | None = None
         self._remaining = 0
 
@@ -156,7 +182,7 @@ class BatchStream:
         # An explicit generator keeps the DataLoader from drawing its worker seed from the global RNG.
         loader = DataLoader(
             self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=self.num_workers,
-            collate_fn=builders.collate_samples, drop_last=True, pin_memory=self.device.type == "cuda",
+            collate_fn=self.collate, drop_last=True, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + s.epoch),
         )
         self._it = iter(loader)
@@ -175,8 +201,15 @@ class BatchStream:
         if self._remaining == 0:
             self._advance_epoch()
         non_blocking = self.device.type == "cuda"
-        return {k: (v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
-                for k, v in batch.items()}
+        return {k: self._to_device(v, non_blocking) for k, v in batch.items()}
+
+    def _to_device(self, value: Any, non_blocking: bool) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        value = value.to(self.device, non_blocking=non_blocking)
+        if self.channels_last and value.dim() == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
 
     def _advance_epoch(self) -> None:
         self._it = None  # drops the loader's workers
@@ -189,37 +222,26 @@ class BatchStream:
 
 # ----------------------------------------------------------------------------------------------- run
 @dataclass
-class GanParts:
-    """The discriminator, its optimiser and the loss that couples it to the generator."""
-
-    cfg: AdversarialLossConfig
-    discriminator: nn.Module
-    loss: nn.Module  # generator_loss(sr, hr) / discriminator_loss(sr, hr): builders.build_adversarial_loss
-    optimizer: torch.optim.Optimizer
-
-
-@dataclass
 class Run:
     """Everything the loop works with (built once by :func:`build_run`)."""
 
     cfg: Config
     ctx: DistContext
     out_dir: Path
-    model: nn.Module  # the raw network (what is saved)
-    net: nn.Module  # what is called in training: DDP(model) under torchrun, else model
-    ema: nn.Module | None
-    optimizer: torch.optim.Optimizer
-    terms: list[builders.LossTerm]
-    gan: GanParts | None
+    task: Task
+    net: nn.Module  # what is called in training: the model, compiled and/or DDP-wrapped as configured
+    precision: Precision
     stream: BatchStream
-    val_set: Dataset | None
-    takes_ref_down: bool
     total_iterations: int | None
     total_units: int | None
     state: TrainState
     monitor: Monitor | None = None
     records: list[IterationRecord] = field(default_factory=list)
     last_checkpoint: Path | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.task.model
 
     @property
     def checkpoints(self) -> Path:
@@ -232,39 +254,44 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
-    """Build the model, EMA, losses, optimisers and data of ``cfg`` on ``ctx.device``."""
-    _seed_everything(cfg.seed)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    model = builders.build_model(cfg).to(ctx.device)
-    scale = int(getattr(model, "scale", 4))
-    ema = None
-    if cfg.train.ema_decay is not None:
-        ema = copy.deepcopy(model).requires_grad_(False).eval()
-    optimizer = builders.build_optimizer(model, cfg.optimizer)
-    terms = builders.build_loss_terms(cfg, ctx.device)
-    gan = None
-    adv = cfg.adversarial
-    if adv is not None:
-        d = builders.build_discriminator(adv, cfg.seed).to(ctx.device)
-        gan = GanParts(adv, d, builders.build_adversarial_loss(adv, d),
-                       builders.build_optimizer(d, adv.optimizer, path="losses.adversarial.optimizer"))
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic algorithms (and cuBLAS's fixed workspace) for the run, when ``enabled``; the process's
+    previous settings are put back afterwards, so a run inside a larger program leaves it as it was."""
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", _CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
 
-    train_set = builders.build_training_set(cfg, scale)
-    sizes = train_set.sizes
-    weights = [s.weight for s in cfg.data.train.sources] if cfg.data.train.sources[0].weight is not None else None
-    sampler = ResumableDistributedSampler(sizes, seed=cfg.seed, rank=ctx.rank, world=ctx.world, weights=weights,
-                                          samples_per_epoch=cfg.data.train.samples_per_epoch)
+
+def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
+    """Build the task of ``cfg`` on ``ctx.device``, its data stream and what the loop needs around it."""
+    _seed_everything(cfg.seed)
+    task = TASKS[cfg.task](cfg, ctx)
+    model = task.model
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    sources = cfg.data.train.sources
+    weights = [s.weight for s in sources] if sources[0].weight is not None else None
+    sampler = ResumableDistributedSampler(task.dataset.sizes, seed=cfg.seed, rank=ctx.rank, world=ctx.world,
+                                          weights=weights, samples_per_epoch=cfg.data.train.samples_per_epoch)
     state = TrainState()
-    stream = BatchStream(train_set, sampler, batch=cfg.train.batch, num_workers=cfg.data.train.num_workers,
-                         seed=cfg.seed, device=ctx.device, state=state)
+    stream = BatchStream(task, sampler, num_workers=cfg.data.train.num_workers, seed=cfg.seed,
+                         device=ctx.device, state=state, channels_last=cfg.train.channels_last)
     per_epoch = stream.micro_batches_per_epoch
     if per_epoch == 0:
         raise RefsrError(
-            f"data.train: an epoch holds {sampler.epoch_size} samples, fewer than train.batch ({cfg.train.batch}) "
-            f"x processes ({ctx.world}); use a smaller batch or more data"
+            f"data.train: an epoch holds {sampler.epoch_size} samples, fewer than a micro-batch "
+            f"({task.micro_batch}) x processes ({ctx.world}); use a smaller batch or more data"
         )
     accum = cfg.train.grad_accumulation
     if cfg.train.iterations is not None:
@@ -282,31 +309,20 @@ def build_run(cfg: Config, ctx: DistContext, out_dir: Path) -> Run:
     if cfg.schedule.name == "cosine" and cfg.schedule.t_max is None and not total_units:
         raise RefsrError("schedule.t_max: required when the run's length is not known in advance")
 
-    val_set = None
-    if cfg.data.val is not None:
-        val_set = builders.build_val_set(cfg.data.val, seed=cfg.seed, scale=scale)
-
     net: nn.Module = model
+    if cfg.train.compile:
+        net = torch.compile(net)
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
             find_unused_parameters=cfg.train.find_unused_parameters,
         )
-    return Run(cfg=cfg, ctx=ctx, out_dir=out_dir, model=model, net=net, ema=ema, optimizer=optimizer, terms=terms,
-               gan=gan, stream=stream, val_set=val_set, takes_ref_down=builders._takes_ref_down(model),
+    return Run(cfg=cfg, ctx=ctx, out_dir=out_dir, task=task, net=net,
+               precision=Precision(cfg.train.precision, ctx.device), stream=stream,
                total_iterations=total_iterations, total_units=total_units, state=state)
 
 
 # ---------------------------------------------------------------------------------------------- step
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema = decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def _nonfinite_error(run: Run, iteration: int, name: str, value: float) -> RefsrError:
     # Looked up on disk, so that every process (not only rank 0, which writes) names the same checkpoint.
     folder = checkpoint.find_checkpoint(run.checkpoints, "last")
@@ -327,153 +343,74 @@ def _checkpoint_iteration(folder: Path) -> int | str:
 
 def _set_lrs(run: Run) -> dict[str, float]:
     cfg, s = run.cfg, run.state
-    factor = builders.lr_factor(cfg.schedule, iteration=s.iteration, epoch=s.epoch, total_units=run.total_units,
-                                base_lr=cfg.optimizer.lr)
-    builders.apply_lr(run.optimizer, factor)
-    if run.gan is not None:
-        builders.apply_lr(run.gan.optimizer, factor if run.gan.cfg.follow_schedule else 1.0)
-    return {g["name"]: float(g["lr"]) for g in run.optimizer.param_groups}
+    factor = lr_factor(cfg.schedule, iteration=s.iteration, epoch=s.epoch, total_units=run.total_units,
+                       base_lr=cfg.optimizer.lr)
+    run.task.set_lr(factor)
+    return {g["name"]: float(g["lr"]) for g in run.task.optimizer.param_groups}
+
+
+def _zero_loss(model: nn.Module) -> torch.Tensor:
+    """A zero that depends on every parameter, so that a step with no active term still has gradients."""
+    return sum((p.sum() * 0 for p in model.parameters() if p.requires_grad), torch.zeros(()))
 
 
 def train_step(run: Run, *, want_images: bool = False) -> tuple[IterationRecord, torch.Tensor | None]:
     """One optimiser step (see the module docstring); returns its record and, if asked, an image grid."""
-    cfg, s, ctx = run.cfg, run.state, run.ctx
+    cfg, s, ctx, task = run.cfg, run.state, run.ctx, run.task
     accum = cfg.train.grad_accumulation
     iteration = s.iteration + 1  # the number this step gets once done
     epoch = s.epoch
     lrs = _set_lrs(run)
-    active = [t for t in run.terms if s.iteration >= t.start]
-    gan_on = run.gan is not None and s.iteration >= run.gan.cfg.start_iteration
-    names = [t.name for t in active] + (["adversarial"] if gan_on else [])
-    sums = torch.zeros(len(names) + 1, dtype=torch.float64)
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    started = time.perf_counter()
+    names: list[str] = []
+    metric_names: list[str] = []
+    sums: torch.Tensor | None = None
     grid = None
+    samples = 0
     run.net.train()
-    run.optimizer.zero_grad(set_to_none=True)
+    task.optimizer.zero_grad(set_to_none=True)
     for k in range(accum):
         batch = run.stream.next()
+        samples += run.stream.batch
         last = k == accum - 1
         # DDP all-reduces gradients on every backward unless told not to: only the last micro-batch syncs.
         sync = contextlib.nullcontext() if last or not ctx.distributed else run.net.no_sync()  # type: ignore[operator]
         with sync:
-            sr = builders.call_model(run.net, batch, takes_ref_down=run.takes_ref_down)
-            hr = batch["hr"]
-            if sr.shape != hr.shape:
-                raise RefsrError(f"the model returned {tuple(sr.shape)} for HR {tuple(hr.shape)}; check the "
-                                 "model's scale and the dataset's")
-            values = [t.fn(sr, hr) * t.weight for t in active]
-            if gan_on:
-                values.append(run.gan.loss.generator_loss(sr, hr) * run.gan.cfg.weight)  # type: ignore[union-attr]
-            total = torch.stack(values).sum() if values else sr.sum() * 0
-            (total / accum).backward()
-        sums += torch.tensor([v.item() for v in values] + [total.item()], dtype=torch.float64)
-        if gan_on:
-            kept.append((sr.detach(), hr))
-        if want_images and k == 0:
-            grid = image_grid(batch["lr"][0], sr[0].detach(), hr[0], batch["ref"][0])
+            with run.precision.autocast():
+                result = task.losses(run.net, batch, iteration=s.iteration, want_images=want_images and k == 0)
+            values = [v.float() for _, v in result.terms]
+            total = torch.stack(values).sum() if values else _zero_loss(task.model).to(ctx.device)
+            run.precision.backward(total / accum, "optimizer")
+        if sums is None:
+            names, metric_names = [n for n, _ in result.terms], sorted(result.metrics)
+            sums = torch.zeros(len(names) + 1 + len(metric_names), dtype=torch.float64)
+        sums += torch.tensor([v.item() for v in values] + [total.item()]
+                             + [float(result.metrics[m]) for m in metric_names], dtype=torch.float64)
+        if result.grid is not None:
+            grid = result.grid
+    assert sums is not None
     sums = all_reduce_mean((sums / accum).to(ctx.device), ctx).cpu()
     for name, value in zip(names + ["total"], sums.tolist()):
         if not math.isfinite(value):
             raise _nonfinite_error(run, iteration, name, value)
-    if cfg.train.clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.train.clip_grad_norm)
-    run.optimizer.step()
-    if run.ema is not None:
-        update_ema(run.ema, run.model, cfg.train.ema_decay)  # type: ignore[arg-type]
-    losses = dict(zip(names, sums[:-1].tolist()))
-    if gan_on:
-        losses["discriminator"] = _discriminator_steps(run, kept, iteration)
-    s.iteration = iteration
-    record = IterationRecord(iteration=iteration, epoch=epoch, lr=lrs, losses=losses, total=float(sums[-1]))
-    return record, grid
+    run.precision.step(task.optimizer, "optimizer", clip_norm=cfg.train.clip_grad_norm,
+                       parameters=task.model.parameters())
 
-
-def _discriminator_steps(run: Run, kept: list[tuple[torch.Tensor, torch.Tensor]], iteration: int) -> float:
-    gan = run.gan
-    assert gan is not None
-    params = [p for p in gan.discriminator.parameters() if p.requires_grad]
-    value = 0.0
-    for _ in range(gan.cfg.steps_per_generator_step):
-        gan.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), dtype=torch.float64)
-        for sr, hr in kept:
-            loss = gan.loss.discriminator_loss(sr, hr)
-            (loss / len(kept)).backward()
-            total += loss.item()
-        # The discriminator is not wrapped in DDP (see distributed.average_gradients): average by hand.
-        average_gradients(params, run.ctx)
-        value = float(all_reduce_mean((total / len(kept)).reshape(1).to(run.ctx.device), run.ctx).item())
+    def check_finite(name: str, value: float) -> None:
         if not math.isfinite(value):
-            raise _nonfinite_error(run, iteration, "discriminator", value)
-        gan.optimizer.step()
-    broadcast_buffers(gan.discriminator, run.ctx)
-    return value
+            raise _nonfinite_error(run, iteration, name, value)
 
-
-# ------------------------------------------------------------------------------------------ validation
-def _forward_padded(model: nn.Module, sample: dict[str, Any], device: torch.device, takes_ref_down: bool) -> torch.Tensor:
-    """The model on one validation sample, padded to the model's size rule and cropped back."""
-    from refsr.inference import pad_to_rule
-
-    lr = sample["lr"][None].to(device)
-    ref = sample["ref"][None].to(device)
-    ref_down = sample["ref_down"][None].to(device) if "ref_down" in sample else None
-    rule = getattr(model, "size_rule", None)
-    scale = int(getattr(model, "scale", 4))
-    top = left = 0
-    h, w = lr.shape[-2:]
-    if rule is not None:
-        lr, (top, left) = pad_to_rule(lr, rule.lr_multiple, rule.min_lr, rule.pad_mode, rule.centre_lr)
-        padded_ref, _ = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, False)
-        if padded_ref.shape != ref.shape:
-            ref, ref_down = padded_ref, None  # the model remakes Ref↓ from the padded Ref
-    batch = {"lr": lr, "ref": ref}
-    if ref_down is not None:
-        batch["ref_down"] = ref_down
-    sr = builders.call_model(model, batch, takes_ref_down=takes_ref_down)
-    return sr[..., scale * top : scale * (top + h), scale * left : scale * (left + w)]
-
-
-@torch.no_grad()
-def validate(run: Run) -> dict[str, Any]:
-    """PSNR (and SSIM with ``select: ssim``) over the validation set, shared out among the processes.
-
-    Uses the EMA weights when EMA is on. Returns ``{"psnr", "ssim", "count", "grids"}``.
-    """
-    from refsr import metrics
-
-    val = run.cfg.data.val
-    assert val is not None and run.val_set is not None
-    model = run.ema if run.ema is not None else run.model
-    was_training = model.training
-    model.eval()
-    n = len(run.val_set)  # type: ignore[arg-type]
-    if val.limit is not None:
-        n = min(n, val.limit)
-    totals = torch.zeros(3, dtype=torch.float64)  # psnr sum, ssim sum, count
-    grids = []
-    for i in range(run.ctx.rank, n, run.ctx.world):
-        sample = run.val_set[i]
-        sr = _forward_padded(model, sample, run.ctx.device, run.takes_ref_down).float().cpu()
-        if "pad" in sample and "hr_size" in sample:
-            (top, left), (h, w) = sample["pad"], sample["hr_size"]
-            sr = sr[..., int(top) : int(top) + int(h), int(left) : int(left) + int(w)]
-        hr = sample["hr"][None]
-        if sr.shape != hr.shape:
-            raise RefsrError(f"data.val: sample {i}: the output {tuple(sr.shape)} does not match HR {tuple(hr.shape)}")
-        totals[0] += metrics.psnr(sr, hr, protocol=val.protocol)
-        if val.select == "ssim":
-            totals[1] += metrics.ssim(sr, hr, protocol=val.protocol)
-        totals[2] += 1
-        if run.ctx.is_main and len(grids) < val.images:
-            grids.append(image_grid(sample["lr"], sr[0], hr[0], sample["ref"]))
-    if was_training:
-        model.train()
-    if run.ctx.distributed:
-        totals = all_reduce_mean(totals.to(run.ctx.device), run.ctx).cpu() * run.ctx.world
-    count = max(int(totals[2].item()), 1)
-    return {"psnr": float(totals[0] / count), "ssim": float(totals[1] / count) if val.select == "ssim" else None,
-            "count": int(totals[2].item()), "grids": grids}
+    losses = dict(zip(names, sums[: len(names)].tolist()))
+    losses.update(task.after_step(iteration, run.precision, check_finite))
+    s.iteration = iteration
+    seconds = time.perf_counter() - started
+    throughput = {"samples_per_second": samples * ctx.world / max(seconds, 1e-9)}
+    if ctx.device.type == "cuda":
+        throughput["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
+    metrics = dict(zip(metric_names, sums[len(names) + 1:].tolist()))
+    record = IterationRecord(iteration=iteration, epoch=epoch, lr=lrs, losses=losses,
+                             total=float(sums[len(names)]), metrics=metrics, throughput=throughput)
+    return record, grid
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -483,8 +420,9 @@ def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _training_state(run: Run, rng_states: list) -> dict[str, Any]:
     s = run.state
-    return {
+    state: dict[str, Any] = {
         "format": checkpoint.FORMAT_VERSION,
+        "task": run.cfg.task,
         "iteration": s.iteration,
         "epoch": s.epoch,
         "position": s.position,
@@ -492,19 +430,18 @@ def _training_state(run: Run, rng_states: list) -> dict[str, Any]:
         "best_score": s.best_score,
         "best_iteration": s.best_iteration,
         "world_size": run.ctx.world,
-        "optimizer": run.optimizer.state_dict(),
-        "d_optimizer": run.gan.optimizer.state_dict() if run.gan is not None else None,
+        "grad_scalers": run.precision.state_dict(),
         "rng": rng_states,
         "config": config_to_dict(run.cfg),
     }
+    for name, optimizer in run.task.optimizers().items():
+        state[name] = optimizer.state_dict()
+    return state
 
 
-def gather_rng_for_checkpoint(run: Any) -> list[Any] | None:
+def _gather_rng_for_checkpoint(run: Run) -> list[Any] | None:
     """Every process's RNG state, on rank 0 (``None`` elsewhere), once the weights are known to be finite.
-
-    Shared by every training loop that writes ``checkpoints/last`` (``run`` needs ``ctx``, ``model``,
-    ``state.iteration`` and ``last_checkpoint``). Every rank must call it: the gather is collective.
-    """
+    Every rank must call it: the gather is collective."""
     rng_states = gather_objects(checkpoint.capture_rng(), run.ctx)
     if not run.ctx.is_main:
         return None
@@ -519,14 +456,10 @@ def gather_rng_for_checkpoint(run: Any) -> list[Any] | None:
 
 def save_last(run: Run) -> Path | None:
     """Write ``checkpoints/last`` (rank 0; every process hands in its RNG state)."""
-    rng_states = gather_rng_for_checkpoint(run)
+    rng_states = _gather_rng_for_checkpoint(run)
     if rng_states is None:
         return None
-    weights = {"model": _state_dict_cpu(run.model)}
-    if run.ema is not None:
-        weights["model_ema"] = _state_dict_cpu(run.ema)
-    if run.gan is not None:
-        weights["discriminator"] = _state_dict_cpu(run.gan.discriminator)
+    weights = {name: _state_dict_cpu(module) for name, module in run.task.modules().items()}
     run.last_checkpoint = checkpoint.write_checkpoint(run.checkpoints, "last", weights,
                                                       state=_training_state(run, rng_states))
     return run.last_checkpoint
@@ -535,35 +468,36 @@ def save_last(run: Run) -> Path | None:
 def save_best(run: Run, result: dict[str, Any]) -> Path | None:
     if not run.ctx.is_main:
         return None
-    evaluated = run.ema if run.ema is not None else run.model
+    cfg = run.cfg
     info = {"iteration": run.state.iteration, "epoch": run.state.epoch, "psnr": result["psnr"],
-            "ssim": result["ssim"], "select": run.cfg.data.val.select, "model": run.cfg.model.name,  # type: ignore[union-attr]
-            "overrides": run.cfg.model.overrides, "ema": run.ema is not None}
-    return checkpoint.write_checkpoint(run.checkpoints, "best", {"model": _state_dict_cpu(evaluated)}, info=info)
+            "ssim": result["ssim"], "select": cfg.data.val.select, "model": cfg.model.name,  # type: ignore[union-attr]
+            "overrides": cfg.model.overrides, "ema": run.task.validated_model() is not run.model}
+    return checkpoint.write_checkpoint(run.checkpoints, "best",
+                                       {"model": _state_dict_cpu(run.task.validated_model())}, info=info)
 
 
 def restore(run: Run, folder: Path) -> None:
-    """Load a ``last`` checkpoint into the run: weights, optimisers, RNG states, counters."""
-    from refsr.hub import load_state_dict
-
+    """Load a ``last`` checkpoint into the run: weights, optimisers, grad scalers, RNG states, counters."""
     state = checkpoint.read_state(folder)
-    load_state_dict(run.model, checkpoint.read_weights(folder, "model"), source=f"the weights in {folder}")
-    if run.ema is not None:
-        ema_file = folder / "model_ema.safetensors"
-        source = checkpoint.read_weights(folder, "model_ema" if ema_file.is_file() else "model")
-        load_state_dict(run.ema, source, source=f"the EMA weights in {folder}")
-    if run.gan is not None:
-        if not (folder / "discriminator.safetensors").is_file():
-            raise RefsrError(f"{folder}: the checkpoint has no discriminator; it was not trained with a GAN loss")
-        load_state_dict(run.gan.discriminator, checkpoint.read_weights(folder, "discriminator"),
-                        source=f"the discriminator weights in {folder}")
+    if state.get("task", run.cfg.task) != run.cfg.task:
+        raise RefsrError(f"{folder}: the checkpoint is of task {state['task']!r}, the config's is "
+                         f"{run.cfg.task!r}; resume with the config the run was started with")
+    for name, module in run.task.modules().items():
+        stem = name
+        if not (folder / f"{name}.safetensors").is_file():
+            stem = run.task.weights_fallback.get(name, "")
+            if not stem:
+                raise RefsrError(f"{folder}: the checkpoint has no {name} weights; it was not made by this config "
+                                 f"(task {run.cfg.task}, losses {[loss.name for loss in run.cfg.losses]})")
+        load_state_dict(module, checkpoint.read_weights(folder, stem), source=f"the {name} weights in {folder}")
     try:
-        run.optimizer.load_state_dict(state["optimizer"])
-        if run.gan is not None and state.get("d_optimizer") is not None:
-            run.gan.optimizer.load_state_dict(state["d_optimizer"])
+        for name, optimizer in run.task.optimizers().items():
+            if state.get(name) is not None:
+                optimizer.load_state_dict(state[name])
     except (ValueError, KeyError) as exc:
         raise RefsrError(f"{folder}: the optimiser state does not fit this config ({exc}); did "
                          "optimizer.param_groups change?") from None
+    run.precision.load_state_dict(state.get("grad_scalers", {}))
     rng = state["rng"]
     if len(rng) == run.ctx.world:
         checkpoint.restore_rng(rng[run.ctx.rank])
@@ -581,6 +515,7 @@ def restore(run: Run, folder: Path) -> None:
         raise RefsrError(f"{folder}: the checkpoint is at sample {s.position} of an epoch that now has "
                          f"{run.stream.sampler.epoch_size}; the training data changed")
     run.last_checkpoint = folder
+    run.task.after_resume()
 
 
 # ------------------------------------------------------------------------------------------------ loop
@@ -590,16 +525,12 @@ def _due(interval: Interval, iteration: int, epoch_done: bool, epoch: int) -> bo
     return epoch_done and epoch % interval.epochs == 0  # type: ignore[operator]
 
 
-def _better(score: float, best: float | None) -> bool:
-    return best is None or score > best
-
-
 def _validate_and_keep_best(run: Run) -> None:
     val = run.cfg.data.val
     assert val is not None
-    result = validate(run)
+    result = run.task.validate()
     score = result["ssim"] if val.select == "ssim" else result["psnr"]
-    is_best = val.select == "last" or _better(score, run.state.best_score)
+    is_best = val.select == "last" or run.state.best_score is None or score > run.state.best_score
     if is_best:
         run.state.best_score, run.state.best_iteration = score, run.state.iteration
         save_best(run, result)
@@ -626,11 +557,6 @@ def _prepare_out_dir(out_dir: Path, resume: bool, ctx: DistContext) -> Path | No
 
 def _write_config(run: Run, resuming: bool) -> None:
     """Save the resolved config as OUT/config.yaml; on resume, say which fields changed."""
-    import os
-    import tempfile
-
-    import yaml
-
     if not run.ctx.is_main:
         return
     path = run.out_dir / "config.yaml"
@@ -679,6 +605,7 @@ def _loop(run: Run, callbacks: Sequence[Callback]) -> str:
     cfg, s = run.cfg, run.state
     started, elapsed_before = time.monotonic(), s.elapsed
     validated_at = checkpointed_at = s.iteration
+    validates = run.task.validates
     reason = _stop_reason(run, started, elapsed_before)
     while reason is None:
         epoch_before = s.epoch
@@ -687,13 +614,12 @@ def _loop(run: Run, callbacks: Sequence[Callback]) -> str:
         run.records.append(record)
         s.elapsed = elapsed_before + (time.monotonic() - started)
         if run.monitor is not None:
-            log_now = s.iteration % cfg.train.log_interval == 0
-            run.monitor.iteration(record.as_dict(), scalars=log_now)
+            run.monitor.iteration(record.as_dict(), scalars=s.iteration % cfg.train.log_interval == 0)
             if grid is not None:
                 run.monitor.images("train/images", grid, s.iteration)
         epoch_done = s.epoch > epoch_before
         val = cfg.data.val
-        if val is not None and s.epoch >= val.from_epoch and _due(val.interval, s.iteration, epoch_done, s.epoch):
+        if validates and s.epoch >= val.from_epoch and _due(val.interval, s.iteration, epoch_done, s.epoch):  # type: ignore[union-attr]
             _validate_and_keep_best(run)
             validated_at = s.iteration
         reason = _stop_reason(run, started, elapsed_before)
@@ -702,7 +628,7 @@ def _loop(run: Run, callbacks: Sequence[Callback]) -> str:
             checkpointed_at = s.iteration
         for callback in callbacks:
             callback(record)
-    if cfg.data.val is not None and validated_at != s.iteration:
+    if validates and validated_at != s.iteration:
         _validate_and_keep_best(run)
     if checkpointed_at != s.iteration or run.last_checkpoint is None:
         save_last(run)
@@ -718,12 +644,11 @@ def run_training(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
 ) -> TrainingSummary:
-    """Train as ``config`` says; the same call works in one process and under ``torchrun``.
+    """Train as ``config`` says (any task); the same call works in one process and under ``torchrun``.
 
     Args:
-        config: a :class:`~refsr.train.config.Config`, or the path of a YAML config.
-        out_dir: the run's folder (default ``runs/<config name>``): ``config.yaml``, ``metrics.jsonl``,
-            ``tb/``, ``checkpoints/{last,best}/``.
+        config: a :class:`~refsr.train.schema.Config`, or the path of a YAML config.
+        out_dir: the run's folder (default ``runs/<config name>``; see the module docstring).
         resume: continue from ``OUT/checkpoints/last`` (exactly: the same samples, augmentations and
             random states as an uninterrupted run). Without it, a folder that holds a run is an error.
         overrides: ``key.path=value`` strings, when ``config`` is a path.
@@ -738,11 +663,12 @@ def run_training(
         RefsrError: a bad config or data, a non-finite loss (naming the iteration and the term).
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    if cfg.task != "restoration":
-        from refsr.train.contrastive import run_contrastive_training
-
-        return run_contrastive_training(cfg, out_dir, resume=resume, callbacks=callbacks, progress=progress)
     out = Path(out_dir).expanduser() if out_dir is not None else Path("runs") / (cfg.name or "run")
+    with _determinism(cfg.train.deterministic):  # before anything touches the GPU
+        return _train(cfg, out, resume, callbacks, progress)
+
+
+def _train(cfg: Config, out: Path, resume: bool, callbacks: Sequence[Callback], progress: bool) -> TrainingSummary:
     ctx = setup(cfg.train.device)
     run: Run | None = None
     try:
@@ -753,7 +679,7 @@ def run_training(
             truncate_metrics(out, initial)
         ctx.barrier()
         run.monitor = Monitor(out, enabled=ctx.is_main, total=run.total_iterations, initial=initial,
-                              progress=progress, tensorboard=cfg.train.tensorboard, desc=cfg.name or "train")
+                              progress=progress, tensorboard=cfg.train.tensorboard, desc=cfg.name or cfg.task)
         if found is not None:
             restore(run, found)
         _write_config(run, resuming=found is not None)
@@ -761,8 +687,7 @@ def run_training(
         best = checkpoint.find_checkpoint(run.checkpoints, "best") if ctx.is_main else None
         return TrainingSummary(out_dir=out, iteration=run.state.iteration, epoch=run.state.epoch, stopped_by=reason,
                                last_checkpoint=run.last_checkpoint, best_checkpoint=best,
-                               best_score=run.state.best_score, model=run.model, ema_model=run.ema,
-                               discriminator=run.gan.discriminator if run.gan is not None else None,
+                               best_score=run.state.best_score, model=run.model, modules=run.task.modules(),
                                records=run.records)
     finally:
         if run is not None:

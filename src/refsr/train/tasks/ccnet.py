@@ -13,9 +13,10 @@ This module:
   (:class:`refsr.data.open_pairs.OpenPairs`), a Sintel ``flow`` (:class:`refsr.data.sintel.SintelPairs`) or
   the exact warp of a :class:`refsr.data.synthetic.SyntheticRefPairs` sample;
 * :class:`CCNetPairs`: a dataset of ``(lr_up 65x65, ref (W+64)x(W+64), target)`` crops from any of those;
-* :func:`train_ccnet`: a minimal training loop driven by a config (``configs/ccnet.yaml``), writing
-  ``ccnet.safetensors`` (a :class:`refsr.models.refsrnet.CCNet` state_dict that ``refsrnet``'s
-  ``ccnet_weights=`` loads) and ``metrics.jsonl``.
+* :class:`CCNetTask`: ``task: ccnet`` for the one training loop (``refsr train configs/ccnet.yaml``), with
+  resume, DDP, mixed precision and the monitor like every task. The run's ``checkpoints/last/model.safetensors``
+  is a :class:`refsr.models.refsrnet.CCNet` state_dict, which ``refsrnet``'s ``ccnet_weights=`` loads;
+  ``metrics.jsonl`` logs the loss and the top-1 accuracy in the window.
 
 Choices the paper leaves open:
 
@@ -36,33 +37,32 @@ Choices the paper leaves open:
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import Dataset
 
+from refsr.data.synthetic import SyntheticRefPairs
 from refsr.errors import RefsrError
 from refsr.matching.ccnet import upsample_lr
+from refsr.train import builders
+from refsr.train.config import resolve_target
+from refsr.train.distributed import DistContext
+from refsr.train.schema import Config
+from refsr.train.task import MicroBatchResult, Task
 
 __all__ = [
     "ccnet_classification_loss",
     "window_scores",
     "correspondence_pairs",
+    "cut_crops",
     "CCNetPairs",
-    "CCNetTrainConfig",
-    "parse_ccnet_config",
-    "load_ccnet_config",
-    "train_ccnet",
     "collate_crops",
+    "CCNetTask",
 ]
 
 #: The CC-Net input patch side (its receptive field, Table 1) and half of it.
@@ -131,8 +131,6 @@ def correspondence_pairs(sample: Mapping[str, Any], source: Dataset | None = Non
         ys, xs = np.nonzero(ok)
         ref = np.stack((ys, xs), axis=1).astype(np.float64)
         return np.stack((ys + flow[1, ys, xs], xs + flow[0, ys, xs]), axis=1), ref
-    from refsr.data.synthetic import SyntheticRefPairs
-
     if isinstance(source, SyntheticRefPairs) and index is not None:
         params = source.params(index)
         side = source.config.ref_side
@@ -266,225 +264,64 @@ def collate_crops(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
     return {key: torch.cat([item[key] for item in items]) for key in items[0]}
 
 
-# ---------------------------------------------------------------------------------------------- the config
-@dataclass(kw_only=True)
-class CCNetModelConfig:
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 64, 64, 128])
-    dilations: list[int] = field(default_factory=lambda: [1, 1, 2, 4, 8, 16])
-    out_channels: int = 256
+# ---------------------------------------------------------------------------------------------- the task
+class CCNetTask(Task):
+    """``task: ccnet``: Eq. 1 on :class:`CCNetPairs` cut from every ``data.train`` source.
 
-
-@dataclass(kw_only=True)
-class CCNetDataConfig:
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    window: int = 129
-    scale: int = 8
-    grid: int = 8
-    crops_per_sample: int = 4
-    rotate: bool = True
-    num_workers: int = 0
-
-
-@dataclass(kw_only=True)
-class CCNetOptimConfig:
-    lr: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    milestones: list[int] = field(default_factory=lambda: [30000])
-    lrs: list[float] = field(default_factory=lambda: [5e-5])
-
-
-@dataclass(kw_only=True)
-class CCNetRunConfig:
-    batch: int = 16
-    iterations: int = 50000
-    log_interval: int = 50
-    checkpoint_interval: int = 5000
-    device: str = "auto"
-    time_budget: float | str | None = None
-
-
-@dataclass(kw_only=True)
-class CCNetTrainConfig:
-    """The CC-Net training run (``configs/ccnet.yaml``); ``task: ccnet`` routes a config here."""
-
-    task: str = "ccnet"
-    name: str | None = None
-    seed: int = 0
-    model: CCNetModelConfig = field(default_factory=CCNetModelConfig)
-    data: CCNetDataConfig = field(default_factory=CCNetDataConfig)
-    optimizer: CCNetOptimConfig = field(default_factory=CCNetOptimConfig)
-    train: CCNetRunConfig = field(default_factory=CCNetRunConfig)
-
-
-def _fill(cls: type, data: Mapping[str, Any], path: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise RefsrError(f"{path or 'the config'}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{path}.{key}" if path else str(key)
-        if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), list(known), n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise RefsrError(f"{where}: unknown field{hint} (fields: {', '.join(known)})")
-        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            value = _fill(type(default), value, where)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def parse_ccnet_config(data: Mapping[str, Any]) -> CCNetTrainConfig:
-    """A :class:`CCNetTrainConfig` from a mapping (the YAML); unknown fields raise :class:`RefsrError`."""
-    cfg = _fill(CCNetTrainConfig, data, "")
-    if cfg.task != "ccnet":
-        raise RefsrError(f"task: this entry trains CC-Net ('ccnet'); got {cfg.task!r}")
-    if not cfg.data.sources:
-        raise RefsrError("data.sources: give at least one dataset, e.g. {dataset: sintel, root: ~/data/Sintel}")
-    for i, source in enumerate(cfg.data.sources):
-        if not isinstance(source, Mapping) or "dataset" not in source:
-            raise RefsrError(f"data.sources[{i}]: expected a mapping with a 'dataset' name")
-    if len(cfg.optimizer.milestones) != len(cfg.optimizer.lrs):
-        raise RefsrError("optimizer.lrs: give one learning rate per milestone")
-    for name in ("batch", "iterations", "log_interval", "checkpoint_interval"):
-        if int(getattr(cfg.train, name)) < 1:
-            raise RefsrError(f"train.{name}: must be positive")
-    cfg.optimizer.lr = float(cfg.optimizer.lr)
-    cfg.optimizer.lrs = [float(v) for v in cfg.optimizer.lrs]
-    return cfg
-
-
-def load_ccnet_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> CCNetTrainConfig:
-    """Read ``configs/ccnet.yaml``-style YAML, apply ``key.path=value`` overrides, validate."""
-    from refsr.train.config import apply_overrides, read_config_file
-
-    p, data = read_config_file(path)
-    try:
-        apply_overrides(data, overrides)
-        cfg = parse_ccnet_config(data)
-    except RefsrError as exc:
-        raise RefsrError(f"{p}: {exc}") from None
-    if cfg.name is None:
-        cfg.name = p.stem
-    return cfg
-
-
-# ---------------------------------------------------------------------------------------------- training
-def _build_source(cfg: CCNetTrainConfig) -> Dataset:
-    from torch.utils.data import ConcatDataset
-
-    from refsr.train.builders import build_dataset
-
-    parts = []
-    for i, source in enumerate(cfg.data.sources):
-        options = {k: v for k, v in source.items() if k not in ("dataset", "root")}
-        dataset = build_dataset(source["dataset"], source.get("root"), options, seed=cfg.seed,
-                                scale=cfg.data.scale, path=f"data.sources[{i}]")
-        parts.append(CCNetPairs(dataset, window=cfg.data.window, scale=cfg.data.scale, grid=cfg.data.grid,
-                                crops_per_sample=cfg.data.crops_per_sample, rotate=cfg.data.rotate,
-                                seed=cfg.seed + 1000 * i))
-    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _lr_at(cfg: CCNetOptimConfig, iteration: int) -> float:
-    lr = cfg.lr
-    for milestone, value in zip(cfg.milestones, cfg.lrs):
-        if iteration >= milestone:
-            lr = value
-    return lr
-
-
-def train_ccnet(config: CCNetTrainConfig | Mapping[str, Any] | str | os.PathLike, *,
-                out: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-                iterations: int | None = None) -> dict[str, Any]:
-    """Train a CC-Net as the paper does (Eq. 1, Adam) and write ``OUT/ccnet.safetensors`` and
-    ``OUT/metrics.jsonl``.
-
-    Args:
-        config: a :class:`CCNetTrainConfig`, its mapping, or a YAML file (``configs/ccnet.yaml``).
-        out: the output folder (default ``runs/<name>``).
-        overrides: ``key.path=value`` strings (YAML values), applied to a YAML file's contents.
-        iterations: stop after this many iterations (overrides ``train.iterations``), e.g. for a smoke test.
-
-    Returns:
-        A summary: ``iterations``, ``loss`` and ``accuracy`` (top-1, of the last logged iteration),
-        ``seconds_per_iteration`` (mean wall time, data included), ``weights`` (the file written).
+    The network is ``model.name`` (``refsr.models.refsrnet:CCNet``) built with ``model.overrides``; each
+    micro-batch loads ``ceil(train.batch / ccnet.crops_per_sample)`` image pairs and trains on the first
+    ``train.batch`` crops cut from them. The paper's schedule (1e-3 for 30K iterations, then 5e-5) is
+    ``schedule: {name: multistep, milestones: [30000], gamma: 0.05}``.
     """
-    from refsr.hub import save_safetensors
-    from refsr.models.refsrnet import CCNet
 
-    if isinstance(config, (str, os.PathLike)):
-        cfg = load_ccnet_config(config, overrides)
-    elif isinstance(config, CCNetTrainConfig):
-        cfg = config
-    else:
-        cfg = parse_ccnet_config(config)
-    from refsr.train.config import parse_duration
+    def __init__(self, cfg: Config, ctx: DistContext) -> None:
+        super().__init__(cfg, ctx)
+        torch.manual_seed(cfg.seed)
+        network = resolve_target(cfg.model.name, "model.name")(**cfg.model.overrides)
+        field = getattr(network, "receptive_field", None)  # what a CC-Net declares; anything else is refused
+        if field != _FIELD:
+            raise RefsrError(f"model: CC-Net's training patches are 65x65, so the network's receptive field must "
+                             f"be 65 (1 + 2 * sum(dilations)); {cfg.model.name} has {field}")
+        self.model = network.to(ctx.device).train()
+        self.optimizer = builders.build_optimizer(self.model, cfg.optimizer)
+        c = cfg.ccnet
+        parts = []
+        for i, source in enumerate(cfg.data.train.sources):
+            dataset = builders.build_dataset(source.dataset, source.root, source.options, seed=cfg.seed,
+                                             scale=c.scale, path=f"data.train.sources[{i}]")
+            parts.append(CCNetPairs(dataset, window=c.window, scale=c.scale, grid=c.grid,
+                                    crops_per_sample=c.crops_per_sample, rotate=c.rotate, seed=cfg.seed + 1000 * i))
+        self.dataset = _Concatenated(parts)
+        self.collate = collate_crops
+        self.micro_batch = max(1, math.ceil(cfg.train.batch / c.crops_per_sample))
 
-    budget = parse_duration(cfg.train.time_budget, "train.time_budget") if cfg.train.time_budget else None
-    total = int(iterations if iterations is not None else cfg.train.iterations)
-    out_dir = Path(out if out is not None else Path("runs") / (cfg.name or "ccnet")).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.train.device)
+    def losses(self, net: nn.Module, batch: Mapping[str, Any], *, iteration: int,
+               want_images: bool) -> MicroBatchResult:
+        batch_size = self.cfg.train.batch
+        lr_up, ref, target = (batch[k][:batch_size] for k in ("lr_up", "ref", "target"))
+        # One BN batch for both streams would mix their statistics; the paper's Siamese streams are two passes
+        # through the same layers, so BN sees each stream's batch on its own.
+        f = net(lr_up, padding="valid")
+        g = net(ref, padding="valid")
+        loss = ccnet_classification_loss(f.float(), g.float(), target)
+        with torch.no_grad():
+            accuracy = float((window_scores(f.float(), g.float()).argmax(dim=1) == target).float().mean())
+        return MicroBatchResult([("classification", loss)], metrics={"accuracy": accuracy})
 
-    torch.manual_seed(cfg.seed)
-    network = CCNet(channels=cfg.model.channels, dilations=cfg.model.dilations,
-                    out_channels=cfg.model.out_channels).to(device).train()
-    if network.receptive_field != _FIELD:
-        raise RefsrError(f"model.dilations: CC-Net's training patches are 65x65, so the receptive field must be "
-                         f"65 (1 + 2 * sum(dilations)); got {network.receptive_field}")
-    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
-    dataset = _build_source(cfg)
-    per_item = cfg.data.crops_per_sample
-    loader = DataLoader(dataset, batch_size=max(1, math.ceil(cfg.train.batch / per_item)), shuffle=True,
-                        num_workers=cfg.data.num_workers, collate_fn=collate_crops, drop_last=False,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    weights_path = out_dir / "ccnet.safetensors"
-    metrics = (out_dir / "metrics.jsonl").open("a", encoding="utf-8")
-    started = time.perf_counter()
-    iteration = 0
-    summary: dict[str, Any] = {}
-    try:
-        while iteration < total:
-            for batch in loader:
-                if iteration >= total or (budget is not None and time.perf_counter() - started > budget):
-                    total = iteration
-                    break
-                lr_up = batch["lr_up"][: cfg.train.batch].to(device)
-                ref = batch["ref"][: cfg.train.batch].to(device)
-                target = batch["target"][: cfg.train.batch].to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(cfg.optimizer, iteration)
-                # One BN batch for both streams would mix their statistics; the paper's Siamese streams are
-                # two passes through the same layers, so BN sees each stream's batch on its own.
-                f = network(lr_up, padding="valid")
-                g = network(ref, padding="valid")
-                loss = ccnet_classification_loss(f, g, target)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                iteration += 1
-                if iteration % cfg.train.log_interval == 0 or iteration == total:
-                    with torch.no_grad():
-                        accuracy = float((window_scores(f, g).argmax(dim=1) == target).float().mean())
-                    elapsed = time.perf_counter() - started
-                    summary = {"iteration": iteration, "loss": float(loss.detach()), "accuracy": accuracy,
-                               "lr": optimizer.param_groups[0]["lr"], "seconds": elapsed}
-                    metrics.write(json.dumps(summary) + "\n")
-                    metrics.flush()
-                if iteration % cfg.train.checkpoint_interval == 0:
-                    save_safetensors(network.state_dict(), weights_path)
-    finally:
-        metrics.close()
-    save_safetensors(network.state_dict(), weights_path)
-    elapsed = time.perf_counter() - started
-    return {"iterations": iteration, "loss": summary.get("loss"), "accuracy": summary.get("accuracy"),
-            "seconds_per_iteration": elapsed / max(iteration, 1), "weights": str(weights_path)}
+
+class _Concatenated(Dataset):
+    """Several :class:`CCNetPairs` one after another, with ``sizes`` (one per source) for the sampler."""
+
+    def __init__(self, parts: Sequence[CCNetPairs]) -> None:
+        self.parts = list(parts)
+        self.sizes = [len(p) for p in self.parts]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        for part, size in zip(self.parts, self.sizes):
+            if index < size:
+                return part[index]
+            index -= size
+        raise IndexError(index)
