@@ -162,12 +162,14 @@ class VideoEvalReport:
         parts = [table.render() for table in self.tables.values()]
         if self.flicker:
             methods = [m for m in METHODS if any(m in v for v in self.flicker.values())]
-            lines = ["Flicker: mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on Y, 8-bit levels (lower is steadier)",
-                     "  ".join(["Clip".ljust(28), *(m.ljust(18) for m in methods)]).rstrip()]
-            for clip, values in self.flicker.items():
-                lines.append("  ".join([clip.ljust(28), *(f"{values[m]:.3f}".ljust(18) for m in methods)]).rstrip())
-            means = {m: float(np.mean([v[m] for v in self.flicker.values()])) for m in methods}
-            lines.append("  ".join(["mean".ljust(28), *(f"{means[m]:.3f}".ljust(18) for m in methods)]).rstrip())
+            rows = [[clip.split(":", 1)[-1], *(f"{values[m]:.3f}" for m in methods)]
+                    for clip, values in self.flicker.items()]
+            rows.append(["mean", *(f"{np.mean([v[m] for v in self.flicker.values()]):.3f}" for m in methods)])
+            header = ["Clip", *methods]
+            widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+            lines = ["Flicker: mean |(SR_t - SR_t-1) - (HR_t - HR_t-1)| on Y, 8-bit levels (lower is steadier)"]
+            for row in [header, ["-" * w for w in widths], *rows]:
+                lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
             parts.append("\n".join(lines))
         if self.skipped:
             parts.append("Skipped: " + "; ".join(self.skipped))
