@@ -130,8 +130,6 @@ def masa_transfer(
                 f"Ref features for scale {s} must be (N={n}, C, {s * height}, {s * width}); "
                 f"got {tuple(ref.shape)}"
             )
-        if ref.dtype != corr.score.dtype:
-            raise RefsrError(f"Ref features must have the score's dtype {corr.score.dtype}; got {ref.dtype}")
         channels = ref.shape[1]
         ref_h, ref_w = s * height, s * width
         # The Ref map as rows of C values, one row per pixel (a channels-last copy; reshape alone may
@@ -145,7 +143,10 @@ def masa_transfer(
         source = (sample_base + rows * ref_w + cols).masked_fill(~source_present, 0)  # 0: weight is 0
         del rows, cols
 
-        attention = F.interpolate(score_blocks, size=(k * s, k * s), mode="bilinear", align_corners=False)
+        # The scores may be float32 while the features are bfloat16 (mixed precision): the weights follow the
+        # features, which are what is summed.
+        attention = F.interpolate(score_blocks.to(ref.dtype), size=(k * s, k * s), mode="bilinear",
+                                  align_corners=False)
         attention = _blocks_to_map(attention.view(n, num_blocks, k * s, k * s), (py, px))  # (N, h*s, w*s)
         # out = (sum of present rows) / count * attention, as one weighted sum per output pixel:
         # embedding_bag gathers and sums in one pass, without 9 output-sized intermediates.
