@@ -10,6 +10,9 @@ from refsr.models import masa as _masa  # noqa: F401  (registers "masa", "masa-l
 from refsr.models import refsrnet as _refsrnet  # noqa: F401  (registers "refsrnet", "refsrnet-lite", "srresnet-x8")
 from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import ssen as _ssen  # noqa: F401  (registers "ssen*" and "rcan*")
+from refsr.models import ttsr as _ttsr  # noqa: F401  (registers "ttsr", "ttsr-lite")
+from refsr.models import c2_matching as _c2_matching  # noqa: F401  (registers "c2-matching", "c2-matching-lite")
+from refsr.models import datsr as _datsr  # noqa: F401  (registers "datsr", "datsr-lite")
 from refsr.models._base import RefSRModel
 from refsr.models._registry import convert_official, list_models, register_converter, register_model
 from refsr.models._size import SizeRule

@@ -115,6 +115,7 @@ __all__ = [
     "amsa_lite",
     "convert_official_amsa",
     "official_key",
+    "restoration_config",
     "RESTORATION_PARAMETERS",
     "MODES",
 ]
@@ -219,11 +220,15 @@ class DynamicAggregation(nn.Module):
 
 
 class _AggregationLevel(nn.Module):
-    """One texture level of MSDA (relu3_1, relu2_1 or relu1_1): warp, aggregate, fuse, refine (, upsample)."""
+    """One texture level of MSDA (relu3_1, relu2_1 or relu1_1): warp, aggregate, fuse, refine (, upsample).
 
-    def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool) -> None:
+    Without ``prewarp`` this is C2-Matching's level: the offset branch sees the unwarped texture.
+    """
+
+    def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool,
+                 prewarp: bool = True) -> None:
         super().__init__()
-        self.prewarp = MatchWarp(texture_channels)
+        self.prewarp = MatchWarp(texture_channels) if prewarp else None
         self.offset_conv1 = _conv(ngf + texture_channels, texture_channels)
         self.offset_conv2 = _conv(texture_channels, texture_channels)
         self.aggregate = DynamicAggregation(texture_channels, groups)
@@ -236,7 +241,7 @@ class _AggregationLevel(nn.Module):
     def forward(self, x: torch.Tensor, texture: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``x (M,ngf,H,W)``, ``texture (M,C,H,W)``, ``offsets (M,18,H,W)`` -> ``(M,ngf,2H,2W)`` or
         ``(M,ngf,H,W)`` (no upsampling, the relu1_1 level)."""
-        warped = self.prewarp(texture, offsets)
+        warped = texture if self.prewarp is None else self.prewarp(texture, offsets)
         guide = _lrelu(self.offset_conv1(torch.cat((x, warped), dim=1)))
         del warped
         guide = _lrelu(self.offset_conv2(guide))
@@ -254,18 +259,19 @@ class RestorationNet(nn.Module):
     """AMSA's restoration network (official ``RestorationNet``): content extractor + MSDA + output convs.
 
     With ``ngf=64, n_blocks=16, groups=8`` it has exactly :data:`RESTORATION_PARAMETERS` parameters.
+    ``prewarp=False`` drops the pre-warp DCNs: C2-Matching's ``RestorationNet`` (8,865,547 parameters).
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 16, groups: int = 8) -> None:
+    def __init__(self, ngf: int = 64, n_blocks: int = 16, groups: int = 8, prewarp: bool = True) -> None:
         super().__init__()
         if ngf < 2 or n_blocks < 0:
             raise RefsrError(
                 f"RestorationNet needs ngf >= 2 and n_blocks >= 0; got ngf={ngf}, n_blocks={n_blocks}"
             )
         self.content = ContentExtractor(ngf, n_blocks)
-        self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True)
-        self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True)
-        self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False)
+        self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True, prewarp=prewarp)
+        self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True, prewarp=prewarp)
+        self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False, prewarp=prewarp)
         self.out_conv1 = _conv(ngf, ngf // 2)
         self.out_conv2 = _conv(ngf // 2, 3)
         self.reset_parameters()
@@ -889,8 +895,9 @@ def _listing(keys: Sequence[str]) -> str:
     return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
 
 
-def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """Official restoration keys and shapes for the ngf / n_blocks / groups the checkpoint was made with."""
+def restoration_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """``ngf``, ``n_blocks`` and ``groups`` of an official ``RestorationNet`` checkpoint (AMSA's or
+    C2-Matching's, official key names); the official values where the checkpoint does not tell."""
     def shape(key: str, dim: int, default: int) -> int:
         value = state_dict.get(key)
         return int(value.shape[dim]) if isinstance(value, torch.Tensor) and value.dim() > dim else default
@@ -899,9 +906,13 @@ def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     groups = max(1, shape("dyn_agg_restore.small_dyn_agg.conv_offset_mask.weight", 0, 216) // 27)
     block = re.compile(r"content_extractor\.body\.(\d+)\.")
     found = [int(m.group(1)) for m in map(block.match, state_dict) if m]
-    n_blocks = max(found) + 1 if found else 16
+    return dict(ngf=ngf, n_blocks=max(found) + 1 if found else 16, groups=groups)
+
+
+def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Official restoration keys and shapes for the ngf / n_blocks / groups the checkpoint was made with."""
     with torch.device("meta"):
-        net = RestorationNet(ngf, n_blocks, groups)
+        net = RestorationNet(**restoration_config(state_dict))
     return {official_key("restoration." + k): tuple(v.shape) for k, v in net.state_dict().items()}
 
 
