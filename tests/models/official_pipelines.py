@@ -1,13 +1,17 @@
 """Literal re-implementations of the official C2-Matching code base's pieces (C2-Matching, DATSR), in the
 official state_dict key names, for the equivalence tests. Written from reading the official code: loops and
 unfolds as they are there, nothing shared with refsr's implementation except ``refsr.ops.deform_conv2d``
-(whose own tests check it against the DCNv2 CUDA kernel's semantics) and PIL for the loader's resizes."""
+(whose own tests check it against the DCNv2 CUDA kernel's semantics) and PIL for the loader's resizes.
+
+Also the small utilities the peers' tests share (one thread, seeded weights, golden outputs)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -17,6 +21,36 @@ from refsr.ops import deform_conv2d
 KEYS = Path(__file__).parents[1] / "assets" / "keys"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny maps: a second thread only adds synchronisation on shared cores (import into a test module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seeded(model: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
+    """Every parameter drawn from one seeded generator (stable across runs, unlike an init with zeros)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
+    return model
+
+
+def check_golden(path: Path, sr: torch.Tensor, tolerance: float) -> None:
+    """Compare ``sr`` with the stored golden output (``REFSR_REGEN_GOLDEN=1`` writes it first). The weights are
+    seeded, not stored: the peers' fixed-width VGG and DCN parts make stored weights too large."""
+    from safetensors.torch import load_file, save_file
+
+    if os.environ.get("REFSR_REGEN_GOLDEN") == "1":
+        save_file({"sr": sr.float().contiguous()}, str(path))
+    stored = load_file(str(path))["sr"]
+    assert sr.shape == stored.shape
+    assert float((sr - stored.double()).abs().max()) < tolerance
 
 
 def read_keys(name: str) -> dict[str, tuple[int, ...]]:

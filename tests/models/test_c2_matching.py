@@ -3,27 +3,29 @@ against a literal re-implementation of the official pipeline (float64), sizes, t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import refsr
 from conftest import load_photo
-from official_pipelines import (
+from official_pipelines import (  # noqa: F401 (one_thread: an autouse fixture)
+    check_golden,
     conv,
     correspondence,
     dcn_pre_multi_offset,
     loader_pair,
     official_test_pair,
+    one_thread,
     random_state,
     read_keys,
     residual_blocks,
+    seeded,
     with_imagenet_buffers,
 )
+
+import refsr
 from refsr.errors import RefsrError
 from refsr.models.amsa import RestorationNet, official_key
 from refsr.models.c2_matching import RESTORATION_PARAMETERS, C2Matching, convert_official_c2_matching
@@ -31,15 +33,6 @@ from refsr.models.c2_matching import RESTORATION_PARAMETERS, C2Matching, convert
 GOLDEN = Path(__file__).parent / "golden" / "c2_matching_tiny.safetensors"
 TINY = dict(ngf=8, n_blocks=1, groups=2)
 _BUFFERS = ("feature_extraction_image1.", "feature_extraction_image2.", "vgg.")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny maps: a second thread only adds synchronisation on the shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def official_restoration_shapes(ngf: int, n_blocks: int, groups: int) -> dict[str, tuple[int, ...]]:
@@ -183,10 +176,12 @@ def test_refsr_convert_and_create_model_take_the_official_files(tmp_path) -> Non
     assert converted.keys() == convert_official_c2_matching(state).keys()
     torch.save(state, tmp_path / "merged.pth")
     model = refsr.create_model("c2-matching", weights=str(tmp_path / "merged.pth"), **TINY)
-    assert torch.equal(model.restoration.content.conv_first.weight, state["content_extractor.conv_first.weight"].float())
+    assert torch.equal(model.restoration.content.conv_first.weight,
+                       state["content_extractor.conv_first.weight"].float())
     # The extractors from the user's own files (builder options): feature_extraction.pth and torchvision's VGG19.
     torchvision_layout = {f"features.{i}.{kind}": state[f"vgg.vgg_net.{name}.{kind}"]
-                          for i, name in ((0, "conv1_1"), (2, "conv1_2"), (5, "conv2_1"), (7, "conv2_2"), (10, "conv3_1"))
+                          for i, name in ((0, "conv1_1"), (2, "conv1_2"), (5, "conv2_1"), (7, "conv2_2"),
+                                          (10, "conv3_1"))
                           for kind in ("weight", "bias")}
     torch.save(torchvision_layout, tmp_path / "vgg19.pth")
     model = refsr.create_model("c2-matching", extractor_weights=str(tmp_path / "feature_extraction.pth"),
@@ -255,11 +250,7 @@ def test_the_c2_protocol_prepares_pairs_as_the_official_test_loader() -> None:
 
 def tiny_model(dtype=torch.float32, seed=0) -> C2Matching:
     model = C2Matching(**TINY)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.05)
-    return model.to(dtype).eval()
+    return seeded(model, seed).to(dtype).eval()
 
 
 def test_sizes_are_padded_to_one_and_cropped_back() -> None:
@@ -305,19 +296,14 @@ def test_upscale_runs_the_lite_model_on_odd_sizes() -> None:
 
 
 def test_golden_output_of_a_tiny_configuration() -> None:
-    from safetensors.torch import load_file, save_file
-
     # Seeded weights (the 256-channel DCN and the two VGGs make a stored copy too large for a golden file).
     model = tiny_model(torch.float64, seed=2021)
     hr, ref = photo_pair((32, 32))
     lq, _, ref_t = loader_pair(hr, ref)
     with torch.no_grad():
         sr = model(lq, ref_t)
-    if os.environ.get("REFSR_REGEN_GOLDEN") == "1":
-        save_file({"sr": sr.float().contiguous()}, str(GOLDEN))
-    stored = load_file(str(GOLDEN))["sr"]
-    assert sr.shape == stored.shape == (1, 3, 32, 32)
-    assert float((sr - stored.double()).abs().max()) < 1e-5
+    assert sr.shape == (1, 3, 32, 32)
+    check_golden(GOLDEN, sr, 1e-5)
 
 
 def test_lite_config_validates() -> None:

@@ -4,28 +4,30 @@ the Swin pieces, sizes, training, golden output."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import refsr
 from conftest import load_photo
-from official_pipelines import (
+from official_pipelines import (  # noqa: F401 (one_thread: an autouse fixture)
     KEYS,
+    check_golden,
     conv,
     correspondence,
     dcn_pre_multi_offset,
     loader_pair,
     official_test_pair,
+    one_thread,
     random_state,
     read_keys,
     residual_blocks,
+    seeded,
     with_imagenet_buffers,
 )
+
+import refsr
 from refsr.errors import RefsrError
 from refsr.models.datsr import (
     DATSR,
@@ -47,14 +49,6 @@ TINY = dict(ngf=8, groups=2, depths=(2, 1), num_heads=(2, 1), window_size=4)
 _IMG_SIZE = {"large": 160, "medium": 80, "small": 40}
 _LEVELS = (("down", "large", "relu1_1", 64), ("down", "medium", "relu2_1", 128), ("up", "small", "relu3_1", 256),
            ("up", "medium", "relu2_1", 128), ("up", "large", "relu1_1", 64))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def official_shapes(ngf, n_blocks, groups, depths, num_heads, window_size, buffers=True):
@@ -168,7 +162,8 @@ def relative_position_index(ws):
 
 def window_attention(sd, p, x, mask, heads, ws):
     b_, n, c = x.shape
-    qkv = F.linear(x, sd[p + "qkv.weight"], sd[p + "qkv.bias"]).reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    qkv = F.linear(x, sd[p + "qkv.weight"], sd[p + "qkv.bias"])
+    qkv = qkv.reshape(b_, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]
     attn = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
     bias = sd[p + "relative_position_bias_table"][relative_position_index(ws).view(-1)].view(ws * ws, ws * ws, -1)
@@ -203,7 +198,8 @@ def swin_transformer_block(sd, p, x, x_size, heads, ws, shift):
 def swin_block(sd, p, x, depths, heads, ws):
     """The official ``SwinBlock`` (RSTBs with ``resi_connection='1conv'``), eval mode."""
     b, c, h, w = x.shape
-    t = F.layer_norm(x.flatten(2).transpose(1, 2), (c,), sd[p + "patch_embed.norm.weight"], sd[p + "patch_embed.norm.bias"])
+    t = F.layer_norm(x.flatten(2).transpose(1, 2), (c,), sd[p + "patch_embed.norm.weight"],
+                     sd[p + "patch_embed.norm.bias"])
     for i, depth in enumerate(depths):
         r = t
         for j in range(depth):
@@ -239,8 +235,9 @@ def official_restoration(sd, lr, pre, textures, groups, depths, num_heads, windo
     def level(direction, size, layer, x, skip):
         off = lrelu(conv(sd, torch.cat([x, warped[layer], textures[layer]], 1), f"{p}{direction}_{size}_offset_conv1"))
         off = lrelu(conv(sd, off, f"{p}{direction}_{size}_offset_conv2"))
-        swapped = lrelu(dcn_pre_multi_offset(sd, textures[layer], off, pre_offset[layer], f"{p}{direction}_{size}_dyn_agg",
-                                             groups, similarity=pre_sim[layer], max_residue=10))
+        swapped = lrelu(dcn_pre_multi_offset(sd, textures[layer], off, pre_offset[layer],
+                                             f"{p}{direction}_{size}_dyn_agg", groups, similarity=pre_sim[layer],
+                                             max_residue=10))
         h = lrelu(conv(sd, torch.cat([x if skip is None else x + skip, swapped], 1), f"{p}{direction}_head_{size}.0"))
         return swin_block(sd, f"{p}{direction}_body_{size}.", h, depths, num_heads, window_size) + x
 
@@ -284,17 +281,21 @@ def test_full_official_file_set_converts_and_loads_strictly() -> None:
     assert converted.keys() == expected.keys()
     assert all(tuple(converted[k].shape) == tuple(v.shape) for k, v in expected.items())
     key = "dyn_agg_restore.up_body_small.layers.1.residual_group.blocks.3.attn.relative_position_bias_table"
-    assert torch.equal(converted["restoration.up3.body.layers.1.blocks.3.attn.relative_position_bias_table"], state[key])
+    ours = "restoration.up3.body.layers.1.blocks.3.attn.relative_position_bias_table"
+    assert torch.equal(converted[ours], state[key])
 
 
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("dyn_agg_restore.up_body_medium.norm.bias"), "missing keys: dyn_agg_restore.up_body_medium.norm.bias"),
-        (lambda s: s.pop("content_extractor.body.0.conv1.weight"), "missing keys: content_extractor.body.0.conv1.weight"),
+        (lambda s: s.pop("dyn_agg_restore.up_body_medium.norm.bias"),
+         "missing keys: dyn_agg_restore.up_body_medium.norm.bias"),
+        (lambda s: s.pop("content_extractor.body.0.conv1.weight"),
+         "missing keys: content_extractor.body.0.conv1.weight"),
         (lambda s: s.update({"dyn_agg_restore.small_offset_conv1.weight": torch.zeros(1)}),
          "unexpected keys: dyn_agg_restore.small_offset_conv1.weight"),  # a C2-Matching file is not a DATSR file
-        (lambda s: s.update({"dyn_agg_restore.unet_head.bias": torch.zeros(9)}), "wrong shapes: dyn_agg_restore.unet_head.bias"),
+        (lambda s: s.update({"dyn_agg_restore.unet_head.bias": torch.zeros(9)}),
+         "wrong shapes: dyn_agg_restore.unet_head.bias"),
     ],
 )
 def test_bad_checkpoints_are_rejected_clearly(edit, message) -> None:
@@ -394,11 +395,7 @@ def test_drop_path_is_stochastic_depth_in_training_only() -> None:
 
 def tiny_model(dtype=torch.float32, seed=0, **config) -> DATSR:
     model = DATSR(**{**TINY, **config})
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.05)
-    return model.to(dtype).eval()
+    return seeded(model, seed).to(dtype).eval()
 
 
 def test_sizes_follow_the_window() -> None:
@@ -430,23 +427,17 @@ def test_upscale_runs_the_lite_model_on_odd_sizes() -> None:
 
 
 def test_golden_output_of_a_tiny_configuration() -> None:
-    from safetensors.torch import load_file, save_file
-
     model = tiny_model(torch.float64, seed=2022)
     lq, _, ref_t = loader_pair(*photo_pair((32, 32)))
     with torch.no_grad():
         sr = model(lq, ref_t)
-    if os.environ.get("REFSR_REGEN_GOLDEN") == "1":
-        save_file({"sr": sr.float().contiguous()}, str(GOLDEN))
-    stored = load_file(str(GOLDEN))["sr"]
-    assert sr.shape == stored.shape == (1, 3, 32, 32)
-    assert float((sr - stored.double()).abs().max()) < 1e-5
+    assert sr.shape == (1, 3, 32, 32)
+    check_golden(GOLDEN, sr, 1e-5)
 
 
 def test_lite_config_validates() -> None:
-    from refsr.train.config import load_config
-
     from refsr.eval import get_eval_protocol
+    from refsr.train.config import load_config
 
     cfg = load_config(Path(__file__).parents[2] / "configs" / "datsr-lite.yaml")
     # Validation under DATSR's test loader (AMSA's size rule; the metric is the same crop-4 Y).
@@ -459,5 +450,6 @@ if __name__ == "__main__":
     lines = [f"{k} {s}" for k, s in shapes.items()]
     params = sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(("relative_position_index", "attn_mask")))
     lines.append(f"# state_dict entries: {len(shapes)}; parameters: {params}; buffers: relative_position_index, "
-                 f"attn_mask (img_size 160/80/40); from datsr/models/archs/swin_unetv3_ref_restoration_arch.py @ 32240b5")
+                 "attn_mask (img_size 160/80/40); from datsr/models/archs/swin_unetv3_ref_restoration_arch.py "
+                 "@ 32240b5")
     (KEYS / f"{KEY_LIST}.txt").write_text("\n".join(lines) + "\n")

@@ -3,18 +3,25 @@ literal re-implementation of the official forward (float64), sizes, training, go
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_photo
+from official_pipelines import (  # noqa: F401 (one_thread: an autouse fixture)
+    check_golden,
+    conv,
+    one_thread,
+    random_state,
+    read_keys,
+    residual_blocks,
+    seeded,
+)
 from PIL import Image
 
 import refsr
-from conftest import load_photo
-from official_pipelines import conv, random_state, read_keys, residual_blocks
 from refsr.errors import RefsrError
 from refsr.models.ttsr import (
     MAIN_NET_PARAMETERS,
@@ -28,14 +35,6 @@ GOLDEN = Path(__file__).parent / "golden" / "ttsr_tiny.safetensors"
 TINY = dict(nf=6, num_res_blocks=(1, 2, 1, 1))
 MEAN = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64)
 STD = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def official_shapes(nf: int, blocks, lte_copy: bool = False) -> dict[str, tuple[int, ...]]:
@@ -294,8 +293,10 @@ def test_create_model_and_refsr_convert_take_an_official_checkpoint(tmp_path) ->
     assert torch.equal(model.restoration.stage3.cross.x4_to_x1[1].weight,
                        state["MainNet.ex123.conv31_2.weight"].float())
     assert not model.training
-    assert cli_main(["convert", "--from", "ttsr", str(tmp_path / "TTSR.pt"), "-o", str(tmp_path / "t.safetensors")]) == 0
-    assert refsr.create_model("ttsr", weights=str(tmp_path / "t.safetensors"), **TINY).restoration.out2.bias.shape == (3,)
+    out = tmp_path / "t.safetensors"
+    assert cli_main(["convert", "--from", "ttsr", str(tmp_path / "TTSR.pt"), "-o", str(out)]) == 0
+    converted = refsr.create_model("ttsr", weights=str(out), **TINY)
+    assert torch.equal(converted.restoration.out2.bias, state["MainNet.merge_tail.conv_tail2.bias"].float())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_soft_attention_is_the_official_relevance() -> None:
     state = official_state(seed=4)
     model = TTSR(**TINY).double().eval()
     model.load_state_dict(convert_official_ttsr(state))
-    (lr_o, lrsr, _, refsr), (lr, ref) = official_inputs(*photo_pair())
+    _, (lr, ref) = official_inputs(*photo_pair())
     with torch.no_grad():
         _, corr = model(lr, ref, return_correspondence=True)
         query, key, _ = model.encode(lr, ref)
@@ -362,11 +363,7 @@ def test_the_ttsr_protocol_prepares_pairs_as_the_official_test_loader() -> None:
 
 def tiny_model(dtype=torch.float32, seed=0) -> TTSR:
     model = TTSR(**TINY)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.05)
-    return model.to(dtype).eval()
+    return seeded(model, seed).to(dtype).eval()
 
 
 @pytest.mark.parametrize(
@@ -402,18 +399,13 @@ def test_output_is_an_image_in_the_unit_range_and_upscale_runs_the_lite_model() 
 
 
 def test_golden_output_of_a_tiny_configuration() -> None:
-    from safetensors.torch import load_file, save_file
-
     # Seeded weights: the VGG part alone makes stored weights too large for a golden file.
     model = tiny_model(torch.float64, seed=2020)
     _, (lr, ref) = official_inputs(*photo_pair())
     with torch.no_grad():
         sr = model(lr, ref)
-    if os.environ.get("REFSR_REGEN_GOLDEN") == "1":
-        save_file({"sr": sr.float().contiguous()}, str(GOLDEN))
-    stored = load_file(str(GOLDEN))["sr"]
-    assert sr.shape == stored.shape == (1, 3, 32, 28)
-    assert float((sr - stored.double()).abs().max()) < 1e-6
+    assert sr.shape == (1, 3, 32, 28)
+    check_golden(GOLDEN, sr, 1e-6)
 
 
 def test_lite_config_validates() -> None:

@@ -5,9 +5,9 @@ Super-Resolution via C2-Matching", CVPR 2021.
 Official code: https://github.com/yumingj/C2-Matching at commit 6d60149 (``mmsr/models/archs/
 {ref_restoration_arch,corres_generation_arch,ref_map_util,contras_extractor_arch,vgg_arch}.py``,
 ``mmsr/models/ref_restoration_model.py``, ``mmsr/data/ref_cufed_dataset.py``, ``options/test/*.yml``).
-Written from the paper and from reading that code; its released checkpoints
-(``c2_matching_restoration_mse.pth`` / ``c2_matching_restoration.pth``, ``feature_extraction.pth``) load
-through :func:`convert_official_c2_matching`.
+Written from reading that code; the paper was not at hand, so where the two might differ this follows the
+code. Its released checkpoints (``c2_matching_restoration_mse.pth`` / ``c2_matching_restoration.pth``,
+``feature_extraction.pth``) load through :func:`convert_official_c2_matching`.
 
 Pipeline (:class:`C2Matching`, one forward), as coded officially:
 
@@ -58,11 +58,10 @@ and WGAN-GP for the GAN model); the extractor and the VGG stay frozen.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar, Union
+from typing import Any, Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
@@ -73,8 +72,12 @@ from refsr.models._keymap import check_keys, listing
 from refsr.models._registry import register_converter, register_model
 from refsr.models._size import SizeRule
 from refsr.models.amsa import RestorationNet, match_offsets, official_key, restoration_config
-from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
-from refsr.models.vgg import VGG19Features, load_vgg19_weights
+from refsr.models.contrastive_extractor import (
+    ContrastiveExtractor,
+    WeightsArg,
+    convert_official_contrastive_extractor,
+)
+from refsr.models.vgg import TEXTURE_LEVELS, VGG19Features, load_vgg19_weights
 
 __all__ = [
     "C2Pipeline",
@@ -84,7 +87,7 @@ __all__ = [
     "convert_official_c2_matching",
     "convert_checkpoint_files",
     "load_extractors",
-    "displacement_field",
+    "match_displacement",
     "KeyEntry",
     "KeyTable",
     "RESTORATION_PARAMETERS",
@@ -95,10 +98,6 @@ __all__ = [
 RESTORATION_PARAMETERS = 8_865_547
 
 _SCALE = 4
-#: The texture levels: (VGG19 layer, resolution relative to relu3_1).
-_TEXTURE_LEVELS = (("relu3_1", 1), ("relu2_1", 2), ("relu1_1", 4))
-
-WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 
 
 def _pad_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -106,14 +105,10 @@ def _pad_to(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.pad(image, (0, size[1] - image.shape[-1], 0, size[0] - image.shape[-2]))
 
 
-def displacement_field(corr: Correspondence) -> torch.Tensor:
-    """``(N, 2, h, w)``: ``(dy, dx)`` from every query position to its match, for a query and key of one
-    size (the form :func:`refsr.models.amsa.match_offsets` takes)."""
-    n, h, w = corr.index.shape
-    width = corr.key_size[1]
-    grid_y = torch.arange(h, device=corr.index.device).view(1, h, 1)
-    grid_x = torch.arange(w, device=corr.index.device).view(1, 1, w)
-    return torch.stack((corr.index // width - grid_y, corr.index % width - grid_x), dim=1)
+def match_displacement(corr: Correspondence, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, 2, h, w)``: ``(dy, dx)`` from every query position to its match (query and key of one size), the
+    form :func:`refsr.models.amsa.match_offsets` takes."""
+    return corr.flow().flip(1).to(dtype)  # flow() is (dx, dy), whole numbers: exact in float32
 
 
 class C2Pipeline(RefSRModel):
@@ -135,7 +130,7 @@ class C2Pipeline(RefSRModel):
         super().__init__()
         self.match_max_bytes = match_max_bytes
         self.correspondence_extractor = ContrastiveExtractor(trainable=False)
-        self.texture_extractor = VGG19Features(tuple(name for name, _ in reversed(_TEXTURE_LEVELS)))
+        self.texture_extractor = VGG19Features(tuple(name for name, _, _ in reversed(TEXTURE_LEVELS)))
 
     def train(self, mode: bool = True) -> "C2Pipeline":
         super().train(mode)
@@ -197,13 +192,13 @@ class C2Pipeline(RefSRModel):
         """What the restoration net needs of the matching; C2-Matching: the DCN offsets for relu3_1, relu2_1,
         relu1_1 (``(N,18,s*h,s*w)`` each)."""
         corr, _, _ = self.correspond(feat_lr, feat_ref)
-        displacement = displacement_field(corr).to(feat_lr.dtype)
-        return [match_offsets(displacement, s) for _, s in _TEXTURE_LEVELS]
+        displacement = match_displacement(corr, feat_lr.dtype)
+        return [match_offsets(displacement, s) for _, _, s in TEXTURE_LEVELS]
 
     def transfer(self, ref: torch.Tensor) -> list[torch.Tensor]:
         """VGG19 textures of the Ref: relu3_1 ``(N,256,h,w)``, relu2_1 ``(N,128,2h,2w)``, relu1_1 ``(N,64,4h,4w)``."""
         features = self.texture_extractor(ref)
-        return [features[name] for name, _ in _TEXTURE_LEVELS]
+        return [features[name] for name, _, _ in TEXTURE_LEVELS]
 
     def decode(self, lr: torch.Tensor, textures: Sequence[torch.Tensor], guidance: Any) -> torch.Tensor:
         """The restoration net: ``lr (N,3,h,w)``, the textures and :meth:`match`'s result -> ``(N,3,4h,4w)``."""
@@ -319,7 +314,8 @@ def _texture_table() -> KeyTable:
     ``mean``/``std`` buffers."""
     with torch.device("meta"):
         vgg = VGG19Features(("relu3_1",))
-    table = {f"vgg.vgg_net.{k}": KeyEntry(f"texture_extractor.{k}", tuple(v.shape)) for k, v in vgg.state_dict().items()}
+    table = {f"vgg.vgg_net.{k}": KeyEntry(f"texture_extractor.{k}", tuple(v.shape))
+             for k, v in vgg.state_dict().items()}
     table.update({f"vgg.{name}": KeyEntry(None, (1, 3, 1, 1), required=False) for name in ("mean", "std")})
     return table
 
@@ -365,7 +361,8 @@ def convert_checkpoint_files(
         converted.update(_convert_part(parts["restoration"], restoration_table(parts["restoration"]),
                                        f"official {method} restoration net"))
     if parts["texture"]:
-        converted.update(_convert_part(parts["texture"], _texture_table(), f"official {method} texture VGG (net_map.vgg)"))
+        converted.update(_convert_part(parts["texture"], _texture_table(),
+                                       f"official {method} texture VGG (net_map.vgg)"))
     if parts["extractor"]:
         for key, value in convert_official_contrastive_extractor(parts["extractor"]).items():
             converted["correspondence_extractor." + key] = value

@@ -5,10 +5,11 @@ Paper: Jiezhang Cao, Jingyun Liang, Kai Zhang, Yawei Li, Yulun Zhang, Wenguan Wa
 Official code: https://github.com/caojiezhang/DATSR at commit 32240b5 (``datsr/models/archs/
 {swin_unetv3_ref_restoration_arch,flow_similarity_corres_generation_arch,dcn_v2,ref_map_util}.py``,
 ``datsr/models/ref_restoration_model.py``, ``datsr/data/{ref_cufed_dataset,transforms}.py``,
-``options/test/test_restoration_mse.yml``). Written from the paper and from reading that code (which is
-built on C2-Matching's); its released checkpoints (``restoration_mse.pth``, ``restoration_gan.pth``,
-``feature_extraction.pth``) load through :func:`convert_official_datsr`. The Swin Transformer blocks are
-written here (the official code takes them from timm, and its DCN from mmcv-full).
+``options/test/test_restoration_mse.yml``). Written from reading that code, which is built on C2-Matching's;
+the paper was not at hand, so where the two might differ this follows the code. Its released checkpoints
+(``restoration_mse.pth``, ``restoration_gan.pth``, ``feature_extraction.pth``) load through
+:func:`convert_official_datsr`. The Swin Transformer blocks are written here (the official code takes them
+from timm, and its DCN from mmcv-full).
 
 Pipeline (:class:`DATSR`, one forward), as coded officially with ``SwinUnetv3RestorationNet(ngf=128,
 n_blocks=8, groups=8, depths=[4, 4], num_heads=[4, 4], window_size=8)`` and
@@ -66,9 +67,8 @@ extractor and the VGG stay frozen.
 from __future__ import annotations
 
 import math
-import os
 import re
-from typing import Any, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +85,12 @@ from refsr.models.c2_matching import (
     C2Pipeline,
     KeyEntry,
     KeyTable,
+    WeightsArg,
     convert_checkpoint_files,
-    displacement_field,
     load_extractors,
+    match_displacement,
 )
+from refsr.models.vgg import TEXTURE_LEVELS
 from refsr.ops import deform_conv2d
 
 __all__ = [
@@ -115,13 +117,8 @@ OFFICIAL_PARAMETERS = 18_026_971
 RESTORATION_PARAMETERS = 15_662_043
 
 _SCALE = 4
-#: The texture levels: (VGG19 layer, channels, resolution relative to relu3_1).
-_TEXTURE_LEVELS = (("relu3_1", 256, 1), ("relu2_1", 128, 2), ("relu1_1", 64, 4))
 #: The official attention mask value between tokens of different regions of a shifted window.
 _MASKED = -100.0
-
-WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
-
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.1)
@@ -432,7 +429,7 @@ class DATSRRestorationNet(nn.Module):
             raise RefsrError(f"DATSR needs ngf >= 2; got {ngf!r}")
         swin = dict(depths=tuple(depths), num_heads=tuple(num_heads), window_size=window_size, mlp_ratio=mlp_ratio,
                     drop_path_rate=drop_path_rate)
-        channels = {name: c for name, c, _ in _TEXTURE_LEVELS}
+        channels = {name: c for name, c, _ in TEXTURE_LEVELS}
         self.head = _conv3(3, ngf)
         self.down1 = _TextureLevel(channels["relu1_1"], ngf, groups, "down", swin)
         self.down2 = _TextureLevel(channels["relu2_1"], ngf, groups, "down", swin)
@@ -545,13 +542,13 @@ class DATSR(C2Pipeline):
         """The matching and what the restoration net takes of it (module docstring, step 2)."""
         corr, query, key = self.correspond(feat_lr, feat_ref)
         with torch.no_grad():
-            displacement = displacement_field(corr).to(feat_lr.dtype)
-            offsets = [match_offsets(displacement, s) for _, _, s in _TEXTURE_LEVELS]
+            displacement = match_displacement(corr, feat_lr.dtype)
+            offsets = [match_offsets(displacement, s) for _, _, s in TEXTURE_LEVELS]
             similarity = patch_similarity(query, key, corr)
         return DATSRGuidance(
             offsets=offsets,
             flows=[offset[:, :2] for offset in offsets],  # tap (0, 0) is the flow itself, unshifted
-            similarities=[_nearest(similarity, s) for _, _, s in _TEXTURE_LEVELS],
+            similarities=[_nearest(similarity, s) for _, _, s in TEXTURE_LEVELS],
         )
 
     def decode(self, lr: torch.Tensor, textures: Sequence[torch.Tensor], guidance: DATSRGuidance) -> torch.Tensor:
@@ -559,14 +556,17 @@ class DATSR(C2Pipeline):
         return self.restoration(lr, textures, guidance)
 
 
+def _build(extractor_weights: WeightsArg, vgg_weights: WeightsArg, **config: Any) -> DATSR:
+    return load_extractors(DATSR(**config), extractor_weights, vgg_weights)
+
+
 @register_model("datsr")
 def datsr(*, ngf: int = 128, groups: int = 8, depths: Sequence[int] = (4, 4), num_heads: Sequence[int] = (4, 4),
           window_size: int = 8, mlp_ratio: float = 2.0, drop_path_rate: float = 0.1,
           extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None) -> DATSR:
     """DATSR (ECCV 2022), x4: official architecture (restoration net 15,662,043 parameters; 18,026,971 officially)."""
-    model = DATSR(ngf=ngf, groups=groups, depths=depths, num_heads=num_heads, window_size=window_size,
-                  mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-    return load_extractors(model, extractor_weights, vgg_weights)
+    return _build(extractor_weights, vgg_weights, ngf=ngf, groups=groups, depths=depths, num_heads=num_heads,
+                  window_size=window_size, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
 
 
 @register_model("datsr-lite")
@@ -574,9 +574,8 @@ def datsr_lite(*, ngf: int = 32, groups: int = 4, depths: Sequence[int] = (2, 2)
                window_size: int = 8, mlp_ratio: float = 2.0, drop_path_rate: float = 0.1,
                extractor_weights: WeightsArg = None, vgg_weights: WeightsArg = None) -> DATSR:
     """DATSR (ECCV 2022) with 32 channels, two 2-block Swin layers per level and 4 DCN groups."""
-    model = DATSR(ngf=ngf, groups=groups, depths=depths, num_heads=num_heads, window_size=window_size,
-                  mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-    return load_extractors(model, extractor_weights, vgg_weights)
+    return _build(extractor_weights, vgg_weights, ngf=ngf, groups=groups, depths=depths, num_heads=num_heads,
+                  window_size=window_size, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Paper: Fuzhi Yang, Huan Yang, Jianlong Fu, Hongtao Lu, Baining Guo, "Learning Texture Transformer Network
 for Image Super-Resolution", CVPR 2020.
 Official code: https://github.com/researchmm/TTSR at commit 550e4c9 (``model/{TTSR,MainNet,LTE,
-SearchTransfer}.py``, ``dataset/cufed.py``, ``trainer.py``, ``utils.py``). Written from the paper and from
-reading that code. Its released checkpoints (``TTSR-rec.pt``, ``TTSR.pt``) and MMagic's TTSR checkpoints
-(``generator.*`` = ``TTSRNet``, ``extractor.*`` = ``LTE``) load through :func:`convert_official_ttsr`.
+SearchTransfer}.py``, ``dataset/cufed.py``, ``trainer.py``, ``utils.py``). Written from reading that code; the
+paper was not at hand, so where the two might differ this follows the code. Its released checkpoints
+(``TTSR-rec.pt``, ``TTSR.pt``) and MMagic's TTSR checkpoints (``generator.*`` = ``TTSRNet``, ``extractor.*`` =
+``LTE``) load through :func:`convert_official_ttsr`.
 
 Pipeline (:class:`TTSR`, one forward), as coded officially:
 
@@ -58,7 +59,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,9 @@ from refsr.models._base import RefSRModel
 from refsr.models._keymap import KeyMap, check_keys
 from refsr.models._registry import register_converter, register_model
 from refsr.models._size import SizeRule
+from refsr.models.contrastive_extractor import WeightsArg
 from refsr.models.masa import ResBlock  # TTSR's ResBlock with res_scale 1: conv-ReLU-conv + x
-from refsr.models.vgg import IMAGENET_MEAN, IMAGENET_STD, VGG19Features, load_vgg19_weights
+from refsr.models.vgg import IMAGENET_MEAN, IMAGENET_STD, TEXTURE_LEVELS, VGG19Features, load_vgg19_weights
 
 __all__ = [
     "TTSR",
@@ -94,10 +96,6 @@ OFFICIAL_PARAMETERS = 7_284_955
 MAIN_NET_PARAMETERS = 6_174_275
 
 _SCALE = 4
-#: The texture levels: (VGG19 layer, channels, resolution relative to relu3_1).
-_TEXTURE_LEVELS = (("relu3_1", 256, 1), ("relu2_1", 128, 2), ("relu1_1", 64, 4))
-
-WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 
 
 def _conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -198,8 +196,9 @@ class _Stage(nn.Module):
                 ) -> list[torch.Tensor]:
         """``feats``: the previous stage's maps (one fewer scale, or the encoder's for stage 1);
         ``texture``, ``attention``: at the newest scale. Returns one map per scale."""
+        feats = list(feats)
         if len(self.scales) > 1:
-            feats = feats + [F.relu(F.pixel_shuffle(self.up(feats[-1]), 2))]
+            feats.append(F.relu(F.pixel_shuffle(self.up(feats[-1]), 2)))
         newest = feats[-1]
         feats[-1] = newest + self.fuse(torch.cat((newest, texture), dim=1)) * attention
         mixed = self.cross(feats) if len(self.scales) > 1 else feats
@@ -223,9 +222,9 @@ class TTSRMainNet(nn.Module):
             raise RefsrError(f"TTSR needs nf >= 2 and four non-negative block counts; got nf={nf!r}, "
                              f"num_res_blocks={num_res_blocks!r}")
         self.encoder = _Encoder(nf, blocks[0])
-        self.stage1 = _Stage(nf, (1,), _TEXTURE_LEVELS[0][1], blocks[1])
-        self.stage2 = _Stage(nf, (1, 2), _TEXTURE_LEVELS[1][1], blocks[2])
-        self.stage3 = _Stage(nf, (1, 2, 4), _TEXTURE_LEVELS[2][1], blocks[3])
+        self.stage1 = _Stage(nf, (1,), TEXTURE_LEVELS[0][1], blocks[1])
+        self.stage2 = _Stage(nf, (1, 2), TEXTURE_LEVELS[1][1], blocks[2])
+        self.stage3 = _Stage(nf, (1, 2, 4), TEXTURE_LEVELS[2][1], blocks[3])
         self.merge = CrossScaleFusion(nf, (1, 2, 4), targets=(4,))
         self.out1 = _conv3(nf, nf // 2)
         self.out2 = nn.Conv2d(nf // 2, 3, 1)
@@ -274,7 +273,7 @@ class TTSR(RefSRModel):
         super().__init__()
         self.config: dict[str, Any] = dict(nf=nf, num_res_blocks=tuple(num_res_blocks))
         self.match_max_bytes = match_max_bytes
-        self.texture_extractor = VGG19Features(tuple(name for name, _, _ in reversed(_TEXTURE_LEVELS)),
+        self.texture_extractor = VGG19Features(tuple(name for name, _, _ in reversed(TEXTURE_LEVELS)),
                                                trainable=True)
         self.restoration = TTSRMainNet(nf, num_res_blocks)
 
@@ -317,7 +316,7 @@ class TTSR(RefSRModel):
         query = self.texture_extractor(lr_up)["relu3_1"]
         key = self.texture_extractor(ref_down_up)["relu3_1"]
         values = self.texture_extractor(ref)
-        return query, key, [values[name] for name, _, _ in _TEXTURE_LEVELS]
+        return query, key, [values[name] for name, _, _ in TEXTURE_LEVELS]
 
     def match(self, query: torch.Tensor, key: torch.Tensor) -> Correspondence:
         """The search: top-1 cosine of 3x3 patches (zero padding) of Q among all of K's."""
@@ -325,7 +324,7 @@ class TTSR(RefSRModel):
 
     def transfer(self, corr: Correspondence, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """T3, T2, T1: the matched V patches folded back and divided by 9."""
-        return fold_transfer(corr, values, scales=tuple(s for _, _, s in _TEXTURE_LEVELS))
+        return fold_transfer(corr, values, scales=tuple(s for _, _, s in TEXTURE_LEVELS))
 
     def decode(self, lr: torch.Tensor, attention: torch.Tensor, textures: Sequence[torch.Tensor]) -> torch.Tensor:
         """``lr (N,3,h,w)`` in [0, 1], ``attention (N,h,w)``, the textures -> SR ``(N,3,4h,4w)`` in [0, 1]."""
