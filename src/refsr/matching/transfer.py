@@ -1,6 +1,6 @@
 """Texture transfer: paste the matched Ref patches back onto the LR grid (MASA-SR's and TTSR's).
 
-:func:`fold_transfer` is TTSR's (also C2-Matching-era SRNTT's) hard attention: every query position takes
+:func:`fold_transfer` is TTSR's hard attention: every query position takes
 the ``3s x 3s`` patch of a Ref map at ``s`` times the matching resolution around its match, the patches are
 summed where they overlap (``F.fold``, kernel ``3s``, stride ``s``, padding ``s``) and the sum is divided by
 9 everywhere, also on the border where fewer patches overlap. It is computed like :func:`masa_transfer`
