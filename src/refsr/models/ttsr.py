@@ -540,7 +540,8 @@ def convert_official_ttsr(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     ``extractor_copy``, discriminator and loss entries are dropped). Both the main network and the LTE
     must be complete. The LTE's frozen ImageNet normalisation conv (``LTE.sub_mean``,
     ``extractor.img_normalize``) must hold the ImageNet constants and is dropped. Block counts and width are
-    read from the checkpoint.
+    read from the checkpoint. MMagic's checkpoint files also pickle training metadata, which refsr's
+    ``weights_only`` loading refuses: save their ``state_dict`` entry alone first.
 
     Raises:
         RefsrError: keys of neither layout, missing, unexpected or misshapen ones (official names).
