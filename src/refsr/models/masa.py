@@ -83,7 +83,7 @@ from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
 from refsr.models._blocks import ResBlock, conv2d
-from refsr.models._convert import KeyRenames
+from refsr.models._convert import KeyRenames, listing
 from refsr.models._memory import MemoryCost
 from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
@@ -829,9 +829,6 @@ def convert_official_masa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             converted[ours] = value
     missing = sorted(expected - set(state_dict))
     if missing or unexpected:
-        def listing(keys: list[str]) -> str:
-            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
         if len(converted) == 0:
             parts = [f"none of its {len(expected)} keys (enc.*, decoder.*) are there"]
         else:
