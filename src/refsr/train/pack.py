@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from refsr.data.cache import MARKER_NAME, PathLike, data_root
@@ -45,7 +44,7 @@ from refsr.data.synthetic import SyntheticRefPairs
 from refsr.errors import RefsrError
 from refsr.io import read_image
 from refsr.metrics import psnr
-from refsr.models import get_entry
+from refsr.models._registry import model_scale
 from refsr.train.config import load_config
 from refsr.train.schema import Config
 
@@ -108,8 +107,7 @@ def _scale(cfg: Config) -> int:
         return cfg.ccnet.scale
     if cfg.task != "restoration":
         return 4  # the contrastive extractor's (see refsr.train.tasks.contrastive)
-    with torch.device("meta"):
-        return int(get_entry(cfg.model.name).builder(**cfg.model.overrides).scale)
+    return model_scale(cfg.model.name, cfg.model.overrides)
 
 
 def _sources(cfg: Config) -> Iterable[tuple[str, str, dict]]:
