@@ -124,10 +124,11 @@ def prepare(args: argparse.Namespace) -> int:
         staging.rename(site)
         shutil.rmtree(wheels)
     size = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
-    print(f"{carry}: {size / 2**20:.1f} MiB to carry (with the checkout's own files, at most 64 MiB travel)")
-    print("on the GPU machine, from the checkout root (carry: gpu-carry):")
-    print(f"  PYTHONPATH=src:{carry}/site REFSR_DATA={carry}/pack python benchmarks/gpu_recipe.py train "
-          f"--budget 540 --jobs {args.jobs}")
+    shown = carry.relative_to(ROOT) if carry.is_relative_to(ROOT) else carry
+    print(f"{shown}: {size / 2**20:.1f} MiB to carry (with the checkout's own files, at most 64 MiB travel)")
+    print(f"on the GPU machine, from the checkout root, carrying {shown} (at most 3 jobs a window):")
+    print(f"  PYTHONPATH=src:{shown}/site REFSR_DATA={shown}/pack python benchmarks/gpu_recipe.py train "
+          "--budget 540 --jobs masa-lite,ssen-lite")
     return 0
 
 
