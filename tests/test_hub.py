@@ -156,3 +156,11 @@ def test_load_state_dict_strict_message_is_one_line() -> None:
     with pytest.raises(RefsrError) as err:
         load_state_dict(TinyNet(), {})
     assert "\n" not in str(err.value)
+
+
+def test_model_scale_needs_no_weight_file() -> None:
+    from refsr.models._registry import model_scale
+
+    assert model_scale("refsrnet-lite", {"ccnet_weights": "no/such/file.safetensors"}) == 8
+    assert model_scale("masa-lite") == 4
+    assert model_scale("bicubic", {"scale": 2}) == 2  # an explicit builder's options are the model's own

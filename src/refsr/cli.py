@@ -310,6 +310,18 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from refsr.inference import parse_memory
+    from refsr.train.pack import pack_training_data
+
+    max_size = None if args.max_size in (None, "none") else parse_memory(args.max_size)
+    report = pack_training_data(args.configs, args.output, cache=args.dir, max_size=max_size,
+                                min_psnr=args.min_psnr, lossless=args.lossless,
+                                progress=None if args.quiet else lambda line: print(line, file=sys.stderr))
+    print(report.render())
+    return 0
+
+
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from refsr.data.fetch import describe
 
@@ -412,6 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "all: full plus the optional restricted-licence packages")
     fetch.add_argument("--dir", metavar="DIR", help="the data cache (default: $REFSR_DATA or ~/.cache/refsr/data)")
     fetch.set_defaults(run=_cmd_data_fetch)
+    pack = da_sub.add_parser("pack", help="a self-contained data folder with only what training configs read "
+                                          "(decoded video frames, pre-scaled photos): REFSR_DATA=DIR refsr train")
+    pack.add_argument("configs", nargs="+", metavar="CONFIG.yaml")
+    pack.add_argument("-o", "--output", required=True, metavar="DIR", help="the pack folder (must not exist)")
+    pack.add_argument("--dir", metavar="DIR", help="the data cache to read (default: $REFSR_DATA or ~/.cache/refsr/data)")
+    pack.add_argument("--max-size", default="50M", metavar="SIZE",
+                      help="budget for the images, e.g. 50M, or none; photos are dropped first to meet it "
+                           "(default: %(default)s)")
+    pack.add_argument("--min-psnr", type=float, default=44.0, metavar="DB",
+                      help="each lossy image at least this close to the exact pixels (default: %(default)s)")
+    pack.add_argument("--lossless", action="store_true", help="store every image losslessly (bit-exact samples)")
+    pack.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    pack.set_defaults(run=_cmd_data_pack)
     info = da_sub.add_parser("info", help="print what is cached")
     info.add_argument("--dir", metavar="DIR")
     info.set_defaults(run=_cmd_data_info)

@@ -290,7 +290,7 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_the_configs_readme_follows_the_schema():
-    from refsr.train.builders import DATASETS
+    from refsr.data.registry import DATASETS
 
     readme = (CONFIGS / "README.md").read_text(encoding="utf-8")
     assert describe_schema() in readme  # the generated field list is current

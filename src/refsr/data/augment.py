@@ -25,7 +25,9 @@ Functional ops: :func:`apply_dihedral`, :func:`transform_flow`, :func:`random_di
 :func:`random_crop_position`, :func:`paired_random_crop`, :func:`brightness_contrast`,
 :func:`random_brightness_contrast`, :func:`swap_roles`. Composable transforms (thin ``nn.Module`` wrappers
 called as ``t(sample, generator=g)``): :class:`RandomRoleSwap`, :class:`RandomBrightnessContrast`,
-:class:`PairedRandomCrop`, :class:`RandomDihedral`, :class:`Compose`.
+:class:`PairedRandomCrop`, :class:`RandomDihedral`, :class:`Compose`; and :class:`RandomRealDegradation`,
+which remakes the LR with the real-world degradation of :mod:`refsr.data.degrade` (last, on the final HR
+crop).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from refsr.data.degrade import make_lr, to_tensor
+from refsr.data.degrade import RealDegradation, jpeg_compress, make_lr, to_tensor
 from refsr.errors import RefsrError
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "RandomBrightnessContrast",
     "PairedRandomCrop",
     "RandomDihedral",
+    "RandomRealDegradation",
     "Compose",
     "masa_augment",
     "c2_augment",
@@ -506,6 +509,61 @@ class RandomDihedral(_RandomTransform):
 
     def extra_repr(self) -> str:
         return f"flip={self.flip}, rotate={self.rotate}, rot_prob={self.rot_prob}, ref={self.ref!r}"
+
+
+class RandomRealDegradation(_RandomTransform):
+    """Remake ``lr`` from ``hr`` with one draw of the real-world degradation (:class:`RealDegradation`), and
+    optionally JPEG-compress the reference (``ref_down`` then remade from it with ``make_lr``).
+
+    Put it last, after crops and flips: the LR is made from the final HR, so the two stay aligned (the
+    sources' own bicubic LR is discarded). The scale is read from the ``hr``/``lr`` shapes.
+
+    Args:
+        options: the degradation's options (default: Real-ESRGAN's).
+        ref_jpeg: ``(low, high)``: the reference is JPEG-compressed at an integer quality drawn uniformly in
+            it; None leaves the reference clean.
+
+    Draws, always both: a degradation seed (63 bits) and the reference's quality, so the same generator
+    state gives the same sample whatever the options.
+    """
+
+    def __init__(
+        self,
+        options: RealDegradation | None = None,
+        *,
+        ref_jpeg: tuple[int, int] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.options = options if options is not None else RealDegradation()
+        self.options.check()
+        if ref_jpeg is not None:
+            lo, hi = (int(q) for q in ref_jpeg)
+            if not 1 <= lo <= hi <= 100:
+                raise RefsrError(f"ref_jpeg must be qualities low <= high within 1..100, got {ref_jpeg}")
+            ref_jpeg = (lo, hi)
+        self.ref_jpeg = ref_jpeg
+
+    def forward(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        g = self._generator(generator)
+        seed = int(torch.randint(2**63 - 1, (), generator=g))
+        quality_draw = float(torch.rand((), generator=g, dtype=torch.float64))
+        for key in ("hr", "lr"):
+            if key not in sample:
+                raise RefsrError(f"the real degradation needs {key!r} in the sample")
+        out = dict(sample)
+        s = _scale_between(sample["hr"], sample["lr"], "hr/lr")
+        lr = self.options.draw(seed).apply(_to_uint8(sample["hr"]), s)
+        out["lr"] = to_tensor(lr).to(sample["lr"].dtype)
+        if self.ref_jpeg is not None and "ref" in sample:
+            lo, hi = self.ref_jpeg
+            quality = lo + min(int(quality_draw * (hi - lo + 1)), hi - lo)
+            out["ref"] = to_tensor(jpeg_compress(_to_uint8(sample["ref"]), quality)).to(sample["ref"].dtype)
+            _remake_low(out, "ref", "ref_down")
+        return out
+
+    def extra_repr(self) -> str:
+        return f"ref_jpeg={self.ref_jpeg}"
 
 
 class Compose(_RandomTransform):

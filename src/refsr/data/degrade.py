@@ -9,16 +9,24 @@ rules differ by repository and are spelled out here as functions, so datasets ca
   divide by ``multiple``; the metric is computed on the unpadded region.
 
 All functions take and return ``HxWx3`` (or ``HxW``) ``uint8`` numpy arrays, RGB.
+
+Real-world LR images (blur, noise, JPEG) are made by :func:`degrade_real`, a second-order pipeline in the
+manner of Real-ESRGAN with its options in :class:`RealDegradation`; it lives in
+:mod:`refsr.data.degrade_real` and is re-exported here, so this module is the one entry point for making LR.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from refsr.data.degrade_real import DegradationDraw, RealDegradation, degrade_real, jpeg_compress
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
 
-__all__ = ["make_lr", "mod_crop", "pad_to_multiple", "to_tensor"]
+__all__ = [
+    "make_lr", "mod_crop", "pad_to_multiple", "to_tensor",
+    "RealDegradation", "DegradationDraw", "degrade_real", "jpeg_compress",
+]
 
 
 def make_lr(hr: np.ndarray, scale: int = 4) -> np.ndarray:

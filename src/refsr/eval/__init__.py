@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+from refsr.data.registry import EVAL_DATASETS
 from refsr.eval.cli import add_eval_arguments, main_eval
-from refsr.eval.datasets import DATASETS, EVAL_PROTOCOLS, EvalProtocol, get_eval_protocol, make_dataset
+from refsr.eval.datasets import EVAL_PROTOCOLS, EvalProtocol, get_eval_protocol, make_dataset
 from refsr.eval.robustness import (
     RefTransform,
     change_luminance,
@@ -29,7 +30,7 @@ from refsr.eval.suite import EvalReport, Method, run_suite, write_json
 from refsr.eval.tables import Cell, Table, format_table
 
 __all__ = [
-    "DATASETS",
+    "EVAL_DATASETS",
     "EVAL_PROTOCOLS",
     "Cell",
     "EvalProtocol",

@@ -12,6 +12,7 @@ Examples::
     refsr eval --dataset cufed5,sun80 --root data --model masa --baselines --json results.json
     refsr eval --dataset cufed5 --root data --model masa --breakdown levels
     refsr eval --dataset open --kinds video --breakdown gap,kind --limit 40
+    refsr eval --dataset open --degradation real --baselines --every 16
     refsr eval --dataset cufed5 --root data --model masa --robustness ref-scale=0.5,0.75,1,1.5,2 \\
         --robustness luminance=0.6,0.8,1.25,1.5 --figures figs/
 """
@@ -38,14 +39,15 @@ def _split(values: list[str] | None) -> list[str]:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refsr eval`` options to ``parser`` (a sub-parser of the ``refsr`` command)."""
-    from refsr.eval.datasets import DATASETS, EVAL_PROTOCOLS
+    from refsr.data.registry import EVAL_DATASETS
+    from refsr.eval.datasets import EVAL_PROTOCOLS
 
     parser.add_argument(
         "--dataset",
         action="append",
         default=None,
         metavar="NAME",
-        help=f"dataset(s), repeated or comma-separated: {', '.join(DATASETS)}; each is a column "
+        help=f"dataset(s), repeated or comma-separated: {', '.join(EVAL_DATASETS)}; each is a column "
         "(required unless --video)",
     )
     parser.add_argument(
@@ -101,6 +103,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="picks Sun80/Manga109 references (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--degradation",
+        default="bicubic",
+        metavar="HOW",
+        help="how the LR is made: bicubic (the protocol's PIL bicubic) or real (open benchmark only: one "
+        "fixed Real-ESRGAN-style blur/noise/JPEG draw per pair, seeded by the pair's name; the reference "
+        "stays clean) (default: %(default)s)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="score only the first N images of each dataset"
@@ -193,9 +203,10 @@ def main_eval(args: argparse.Namespace) -> int:
     Raises:
         RefsrError: any bad input (checked before the first image is processed where possible).
     """
-    from refsr.eval.datasets import DATASETS, get_eval_protocol
-    from refsr.eval.suite import _check_json_path, run_suite, write_json
+    from refsr.data.registry import EVAL_DATASETS
     from refsr.devices import resolve_device
+    from refsr.eval.datasets import check_degradation, get_eval_protocol
+    from refsr.eval.suite import _check_json_path, run_suite, write_json
     from refsr.inference import resolve_model
 
     if args.video:
@@ -205,9 +216,11 @@ def main_eval(args: argparse.Namespace) -> int:
         raise RefsrError("give --dataset NAME (or --video for the video clips)")
     # Cheap checks first: a typo should not wait for the model's weights to load.
     for name in datasets:
-        if name.lower() not in DATASETS:
-            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        if name.lower() not in EVAL_DATASETS:
+            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(EVAL_DATASETS)}")
     protocol = get_eval_protocol(args.protocol)
+    for name in datasets:
+        check_degradation(args.degradation, name.lower())
     if args.json is not None:
         _check_json_path(Path(args.json))
     if args.figure_count is not None and args.figure_count < 0:
@@ -227,6 +240,7 @@ def main_eval(args: argparse.Namespace) -> int:
         kinds=_split(args.kinds) or None,
         sources=_split(args.sources) or None,
         seed=args.seed,
+        degradation=args.degradation,
         limit=args.limit,
         every=args.every,
         device=device,

@@ -33,9 +33,9 @@ import torch
 
 from refsr.data.degrade import to_tensor
 from refsr.data.standard import upscale_pil
+from refsr.devices import resolve_device
 from refsr.errors import RefsrError
 from refsr.eval.robustness import RefTransform
-from refsr.devices import resolve_device
 from refsr.io import write_image
 from refsr.matching.correspondence import Correspondence
 from refsr.metrics import Protocol, get_protocol, psnr, quantize_uint8, ssim

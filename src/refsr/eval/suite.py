@@ -9,6 +9,9 @@
 - **breakdowns**: ``"levels"`` re-runs CUFED5 with each reference level L1-L5 and with the LR as its own
   reference (``CUFED5(level="lr")``: AMSA Table 3, SSEN Table 3); ``"gap"`` and ``"kind"`` split the open
   benchmark's per-image scores by the video frame gap (1, 4, 8, 16) and by the kind of pair;
+- the **LR degradation**: ``degradation="real"`` scores the open benchmark under the real-degradation protocol
+  (every LR remade by one fixed, per-pair seeded Real-ESRGAN-style degradation; see
+  :mod:`refsr.eval.datasets`); every table then holds those scores, the Bicubic and LR↑-as-Ref rows included;
 - **robustness** runs: the model with a transformed reference (:mod:`refsr.eval.robustness`), one table per
   dataset and study, columns being the conditions (a method that ignores the reference keeps its main score
   in every column: nothing it sees changes).
@@ -28,11 +31,13 @@ from typing import Any, Union
 import torch
 
 import refsr
+from refsr.data.registry import EVAL_DATASETS
 from refsr.errors import RefsrError
 from refsr.eval.datasets import (
-    DATASETS,
+    REAL_DEGRADATION_SEED,
     EvalProtocol,
     Level,
+    check_degradation,
     dataset_label,
     get_eval_protocol,
     make_dataset,
@@ -207,6 +212,7 @@ def run_suite(
     kinds: Sequence[str] | None = None,
     sources: Sequence[str] | None = None,
     seed: int = 0,
+    degradation: str = "bicubic",
     limit: int | None = None,
     every: int = 1,
     device: str | torch.device = "cpu",
@@ -220,7 +226,7 @@ def run_suite(
 
     Args:
         model: the model under test (its ``scale`` sets the datasets' scale).
-        datasets: names from :data:`refsr.eval.datasets.DATASETS`; each becomes a column.
+        datasets: names from :data:`refsr.data.registry.EVAL_DATASETS`; each becomes a column.
         roots: one folder per dataset, or one folder for all (``open`` then uses the data cache).
         protocol: ``"masa"``, ``"ttsr"``, ``"c2"``, ``"amsa"`` or ``"datsr"``.
         model_label: the model's row title (default: its class name).
@@ -230,6 +236,8 @@ def run_suite(
         level: CUFED5's reference level for the main table (1-5, ``"stacked"``, ``"lr"``).
         kinds, sources: filters of the open benchmark's pairs.
         seed: picks Sun80's and Manga109's references.
+        degradation: ``"bicubic"`` (the datasets' LR) or ``"real"`` (the open benchmark's real-degradation
+            protocol; ``--dataset open`` only).
         limit: score only the first ``limit`` images of every dataset.
         every: score only every ``every``-th image (``0, every, ...``) of every dataset, then ``limit``.
         device: where the models run.
@@ -245,10 +253,10 @@ def run_suite(
     eval_protocol = get_eval_protocol(protocol)
     names = [str(n).strip().lower() for n in datasets]
     if not names:
-        raise RefsrError("no dataset given; use --dataset NAME (one of " + ", ".join(DATASETS) + ")")
+        raise RefsrError("no dataset given; use --dataset NAME (one of " + ", ".join(EVAL_DATASETS) + ")")
     for name in names:
-        if name not in DATASETS:
-            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        if name not in EVAL_DATASETS:
+            raise RefsrError(f"unknown dataset {name!r}; use one of {', '.join(EVAL_DATASETS)}")
     if len(set(names)) != len(names):
         raise RefsrError("a dataset is named twice; give each --dataset once")
     paired_roots = _pair_roots(names, roots)
@@ -259,6 +267,10 @@ def run_suite(
         raise RefsrError("--sources applies to the open benchmark only; add --dataset open or drop --sources")
     if level != 1 and "cufed5" not in names:
         raise RefsrError("--level applies to CUFED5 only; add --dataset cufed5 or drop --level")
+    degradation = check_degradation(degradation)
+    if degradation == "real" and names != ["open"]:
+        others = ", ".join(n for n in names if n != "open")
+        raise RefsrError(f"--degradation real applies to the open benchmark only; drop {others} or the option")
     breakdown_kinds = _parse_breakdowns(breakdowns, names)
     studies = [parse_robustness(spec) if isinstance(spec, str) else spec for spec in robustness]
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
@@ -293,6 +305,7 @@ def run_suite(
             kinds=ds_kinds,
             sources=sources if name == "open" else None,
             seed=seed,
+            degradation=degradation,
         )
         columns.append((name, dataset_label(name, level=ds_level, kinds=ds_kinds), dataset))
     level_sets: dict[Level, Any] = {}
@@ -315,6 +328,8 @@ def run_suite(
             "kinds": list(kinds) if kinds else None,
             "sources": list(sources) if sources else None,
             "seed": seed,
+            "degradation": degradation,
+            "degradation_seed": REAL_DEGRADATION_SEED if degradation == "real" else None,
             "limit": limit,
             "every": every,
             "device": str(device),
@@ -335,8 +350,12 @@ def run_suite(
 
     # ---- main table ----------------------------------------------------------------------------------
     notes = [f"protocol {eval_protocol.metric}; data size rule {eval_protocol.data!r}; x{scale}"]
+    if degradation == "real":
+        notes.append(f"real-degraded LR: one Real-ESRGAN-style draw per pair, seed ({REAL_DEGRADATION_SEED}, "
+                     "crc32(pair name)); references clean")
+    lr_note = ", real-degraded LR" if degradation == "real" else ""
     main = Table(
-        f"PSNR/SSIM, protocol {eval_protocol.name}, x{scale}",
+        f"PSNR/SSIM, protocol {eval_protocol.name}, x{scale}{lr_note}",
         [m.label for m in methods],
         [c[1] for c in columns],
         notes=notes,

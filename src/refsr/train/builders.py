@@ -1,18 +1,9 @@
-"""From config names to objects: datasets, augmentation, the model, losses, optimisers and the lr schedule.
-
-Datasets (:data:`DATASETS`) map a config name to a class of :mod:`refsr.data`; the options a config gives
-a dataset are checked against the class's signature (with a suggestion for a misspelt one) before anything
-is built. ``seed``, ``transform`` and ``root`` are filled in by the engine; ``scale`` defaults to the
-model's, and ``with_ref_down`` to true.
-"""
+"""From config names to objects: the training and validation sets (from :mod:`refsr.data.registry`, with
+augmentation), the model, losses, optimisers and the lr schedule."""
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import difflib
-import importlib
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -23,7 +14,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from refsr import losses as L
+from refsr.data import augment as aug
+from refsr.data.degrade import RealDegradation
+from refsr.data.registry import build_dataset
+from refsr.data.standard import seeded_generator
 from refsr.errors import RefsrError
+from refsr.hub import create_model
+from refsr.metrics import get_protocol
 from refsr.train.schema import (
     AdversarialLossConfig,
     CharbonnierLossConfig,
@@ -40,10 +38,6 @@ from refsr.train.schema import (
 )
 
 __all__ = [
-    "DATASETS",
-    "DatasetSpec",
-    "check_dataset_options",
-    "build_dataset",
     "TrainingSet",
     "build_training_set",
     "build_val_set",
@@ -61,133 +55,9 @@ __all__ = [
 
 # The data module's stream number for training augmentation (refsr.data.standard.STREAM_TRANSFORM).
 _STREAM_TRANSFORM = 3
-# Keys the engine fills in; a config may not set them.
-_RESERVED = ("self", "root", "seed", "transform")
-
-
-# ---------------------------------------------------------------------------------------------- datasets
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A dataset a config can name: ``module:attribute`` of its class, and whether it needs a root."""
-
-    target: str
-    root_required: bool = True
-    doc: str = ""
-
-    def resolve(self) -> type:
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "cufed-train": DatasetSpec("refsr.data.cufed:CUFEDTrain", doc="CUFED training pairs (11,871)"),
-    "cufed5": DatasetSpec("refsr.data.cufed:CUFED5", doc="CUFED5 test set (126 images, 5 reference levels)"),
-    "sun80": DatasetSpec("refsr.data.benchmarks:Sun80", doc="Sun80 with scene-match references"),
-    "urban100": DatasetSpec("refsr.data.benchmarks:Urban100", doc="Urban100, LR as reference"),
-    "manga109": DatasetSpec("refsr.data.benchmarks:Manga109", doc="Manga109, another page as reference"),
-    "sintel": DatasetSpec("refsr.data.sintel:SintelPairs", doc="MPI Sintel frame pairs"),
-    "lightfield": DatasetSpec("refsr.data.lightfield:LightFieldGrid", doc="light-field view pairs"),
-    "open-pairs": DatasetSpec("refsr.data.open_pairs:OpenPairs", root_required=False,
-                              doc="the open benchmark's real pairs (refsr data fetch)"),
-    "open-synthetic": DatasetSpec("refsr.data.synthetic:SyntheticRefPairs", root_required=False,
-                                  doc="photos with synthetic references (manifest photos, or 'paths')"),
-}
-
-
-def _synthetic_options() -> list[str]:
-    from refsr.data.synthetic import SyntheticRefConfig, SyntheticRefPairs
-
-    own = [n for n in inspect.signature(SyntheticRefPairs.__init__).parameters if n not in _RESERVED]
-    return own + [f.name for f in dataclasses.fields(SyntheticRefConfig)] + ["paths"]
-
-
-def dataset_options(name: str) -> list[str]:
-    """The options a config may give dataset ``name``."""
-    spec = _spec(name, "dataset")
-    if name == "open-synthetic":
-        return _synthetic_options()
-    params = inspect.signature(spec.resolve().__init__).parameters
-    return [n for n, p in params.items() if n not in _RESERVED and p.kind is not inspect.Parameter.VAR_KEYWORD]
-
-
-def _spec(name: str, path: str) -> DatasetSpec:
-    if name not in DATASETS:
-        close = difflib.get_close_matches(name, list(DATASETS), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise RefsrError(f"{path}: unknown dataset {name!r}{hint} (known: {', '.join(DATASETS)})")
-    return DATASETS[name]
-
-
-def check_dataset_options(name: str, options: Mapping[str, Any], path: str) -> None:
-    """Raise a :class:`RefsrError` naming ``path.<option>`` for an option dataset ``name`` does not take."""
-    _spec(name, f"{path}.dataset")
-    allowed = dataset_options(name)
-    for key in options:
-        if key in _RESERVED:
-            raise RefsrError(f"{path}.{key}: set by the engine; remove it")
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise RefsrError(f"{path}.{key}: unknown field{hint} (options of dataset {name!r}: {', '.join(allowed)})")
-
-
-def _expand(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser())
-
-
-def build_dataset(
-    name: str, root: str | None, options: Mapping[str, Any], *, seed: int, scale: int, path: str,
-    protocol: str | None = None,
-) -> Dataset:
-    """Instantiate dataset ``name`` (errors name ``path``)."""
-    spec = _spec(name, f"{path}.dataset")
-    check_dataset_options(name, options, path)
-    allowed = dataset_options(name)
-    # YAML gives lists where the datasets take tuples (scale_range, views); a tuple serves as a sequence too.
-    kwargs = {k: (tuple(v) if isinstance(v, list) and k != "paths" else v) for k, v in options.items()}
-    if "scale" in allowed:
-        kwargs.setdefault("scale", scale)
-    if "with_ref_down" in allowed:
-        kwargs.setdefault("with_ref_down", True)
-    if protocol is not None and "protocol" in allowed:
-        kwargs.setdefault("protocol", protocol)
-    if spec.root_required and root is None:
-        raise RefsrError(f"{path}.root: dataset {name!r} needs the folder it is in")
-    try:
-        if name == "open-synthetic":
-            return _build_synthetic(root, kwargs, seed)
-        cls = spec.resolve()
-        params = inspect.signature(cls.__init__).parameters
-        if "seed" in params:
-            kwargs["seed"] = seed
-        if "root" in params:
-            return cls(_expand(root), **kwargs)
-        return cls(**kwargs)
-    except RefsrError as exc:
-        raise RefsrError(f"{path}: {exc}") from None
-    except TypeError as exc:  # a wrongly typed option the dataset did not check itself
-        raise RefsrError(f"{path}: bad options for dataset {name!r} ({exc})") from None
-
-
-def _build_synthetic(root: str | None, kwargs: dict[str, Any], seed: int) -> Dataset:
-    from refsr.data.synthetic import SyntheticRefConfig, SyntheticRefPairs
-
-    config_keys = {f.name for f in dataclasses.fields(SyntheticRefConfig)}
-    synth = SyntheticRefConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in config_keys})
-    paths = kwargs.pop("paths", None)
-    if paths is not None:
-        base = Path(root).expanduser() if root is not None else Path()
-        files = [base / Path(p).expanduser() for p in ([paths] if isinstance(paths, str) else paths)]
-        for unused in ("split", "sources", "skip_missing"):
-            if unused in kwargs:
-                raise RefsrError(f"{unused}: not used with 'paths' (photos listed by hand)")
-        return SyntheticRefPairs.from_paths(files, config=synth, seed=seed, **kwargs)
-    return SyntheticRefPairs(_expand(root), config=synth, seed=seed, **kwargs)
 
 
 def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Callable | None:
-    from refsr.data import augment as aug
-
     steps: list[nn.Module] = []
     # An aligned reference crop is taken first: the augmentation's independent quarter-turns would make a
     # non-square reference frame no longer line up with the input. The square crops are then augmented as
@@ -205,6 +75,11 @@ def _augment_pipeline(cfg: TrainDataConfig, scale: int, geometric: bool) -> Call
     # Crop after the augmentation: MASA's role swap exchanges input and reference first.
     if cfg.crop is not None and not aligned_first:
         steps.append(aug.PairedRandomCrop(cfg.crop // scale, ref=cfg.crop_ref))
+    # The real-world LR is made last, from the final HR crop, so that LR and HR stay aligned.
+    if cfg.degradation == "real":
+        ref_jpeg = cfg.ref_jpeg_range if cfg.ref_degradation == "jpeg" else None
+        steps.append(aug.RandomRealDegradation(RealDegradation.from_options(cfg.degradation_options),
+                                               ref_jpeg=ref_jpeg))
     return aug.Compose(*steps) if steps else None
 
 
@@ -238,8 +113,6 @@ class TrainingSet(Dataset):
                 source.set_epoch(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from refsr.data.standard import seeded_generator
-
         which = bisect.bisect_right(self.offsets, index) - 1
         sample = self.sources[which][index - self.offsets[which]]
         transform = self.transforms(self.epoch)
@@ -282,8 +155,6 @@ class EpochTransforms:
 
 
 def build_val_set(val: ValConfig, *, seed: int, scale: int) -> Dataset:
-    from refsr.metrics import get_protocol
-
     try:
         get_protocol(val.protocol)
     except RefsrError as exc:
@@ -324,8 +195,6 @@ def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ model
 def build_model(cfg: Config) -> nn.Module:
     """The model of ``cfg.model``, initialised under ``cfg.seed`` (same weights on every process)."""
-    from refsr.hub import create_model
-
     torch.manual_seed(cfg.seed)
     init = cfg.model.init
     if init is not None and init != "default":
@@ -357,8 +226,6 @@ class LossTerm:
 
 def build_loss_terms(cfg: Config, device: torch.device) -> list[LossTerm]:
     """The generator's loss terms except the adversarial one (see :func:`build_discriminator`)."""
-    from refsr import losses as L
-
     terms = []
     for i, loss in enumerate(cfg.losses):
         try:
@@ -383,8 +250,6 @@ def build_loss_terms(cfg: Config, device: torch.device) -> list[LossTerm]:
 
 def build_discriminator(cfg: AdversarialLossConfig, seed: int) -> nn.Module:
     """The discriminator ``cfg.discriminator`` names, initialised under ``seed + 1``."""
-    from refsr import losses as L
-
     d = cfg.discriminator
     torch.manual_seed(seed + 1)  # its own stream, so adding a GAN never changes the generator's init
     try:
@@ -402,8 +267,6 @@ def build_discriminator(cfg: AdversarialLossConfig, seed: int) -> nn.Module:
 def build_adversarial_loss(cfg: AdversarialLossConfig, discriminator: nn.Module) -> nn.Module:
     """The loss pair of ``cfg.kind`` around ``discriminator``: a module with ``generator_loss(sr, hr)`` and
     ``discriminator_loss(sr, hr)``."""
-    from refsr import losses as L
-
     if cfg.kind == "wgan_gp":
         return L.WGANGPLoss(discriminator, penalty_weight=cfg.gradient_penalty)
     if cfg.kind == "vanilla":

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from refsr.errors import RefsrError
+from refsr.weights_io import read_checkpoint, save_safetensors
 
 __all__ = [
     "STATE_FILE",
@@ -73,8 +74,6 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- writing
 def _write_folder(folder: Path, weights: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any] | None,
                   info: Mapping[str, Any] | None) -> None:
-    from refsr.hub import save_safetensors
-
     folder.mkdir(parents=True)
     for name, tensors in weights.items():
         save_safetensors(tensors, folder / f"{name}.safetensors")
@@ -149,6 +148,4 @@ def read_state(folder: Path) -> dict[str, Any]:
 
 
 def read_weights(folder: Path, stem: str) -> dict[str, torch.Tensor]:
-    from refsr.hub import read_checkpoint
-
     return read_checkpoint(folder / f"{stem}.safetensors")

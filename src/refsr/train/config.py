@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, Union, get_args, 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from refsr.data.registry import check_dataset_options
 from refsr.errors import RefsrError
 from refsr.models._registry import model_options
-from refsr.train.builders import check_dataset_options
 from refsr.train.schema import LOSS_TYPES, Config, DatasetSection, Duration, Interval, LossConfig
 
 __all__ = [

@@ -96,8 +96,9 @@ class TrainState:
 class IterationRecord:
     """What one iteration did (the same on every process: losses are averaged over processes).
 
-    ``throughput`` holds ``samples_per_second`` (samples of this iteration over all processes, per second of
-    its wall time) and, on CUDA, ``peak_gpu_memory_mb`` (this process, since the start).
+    ``throughput`` holds ``iteration_seconds`` (this iteration's wall time on this process, data loading
+    included), ``samples_per_second`` (its samples over all processes, per second of it) and, on CUDA,
+    ``peak_gpu_memory_mb`` (this process, since the start).
     """
 
     iteration: int
@@ -404,7 +405,7 @@ def train_step(run: Run, *, want_images: bool = False) -> tuple[IterationRecord,
     losses.update(task.after_step(iteration, run.precision, check_finite))
     s.iteration = iteration
     seconds = time.perf_counter() - started
-    throughput = {"samples_per_second": samples * ctx.world / max(seconds, 1e-9)}
+    throughput = {"samples_per_second": samples * ctx.world / max(seconds, 1e-9), "iteration_seconds": seconds}
     if ctx.device.type == "cuda":
         throughput["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
     metrics = dict(zip(metric_names, sums[len(names) + 1:].tolist()))

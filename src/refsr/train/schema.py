@@ -52,6 +52,7 @@ from typing import Annotated, Any, Literal, Mapping, Union, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from refsr.data.degrade import RealDegradation
 from refsr.errors import RefsrError
 
 __all__ = [
@@ -209,7 +210,7 @@ class DatasetSection(_Section):
 class SourceConfig(DatasetSection):
     """One training dataset; any other key is an option of the dataset (checked against its signature)."""
 
-    dataset: str = Field(description="a dataset name (see refsr.train.builders.DATASETS)")
+    dataset: str = Field(description="a dataset name (see refsr.data.registry.DATASETS)")
     root: str | None = Field(None, description="the dataset's folder; null: refsr's data cache where the "
                                                "dataset has one")
     weight: Float | None = Field(None, ge=0.0, description="share of each epoch's samples drawn from this "
@@ -251,6 +252,38 @@ class TrainDataConfig(_Section):
     samples_per_epoch: Int | None = Field(None, ge=1, description="samples per epoch over all sources; null: "
                                                                   "their total size")
     num_workers: Int = Field(0, ge=0, description="DataLoader worker processes per training process")
+    degradation: Literal["bicubic", "real"] = Field(
+        "bicubic", description="how the LR is made: bicubic (the sources' PIL-bicubic LR, as the official repos) | "
+                               "real (remade from the final HR crop by blur, noise and JPEG, twice: "
+                               "refsr.data.degrade.RealDegradation)")
+    degradation_options: dict[str, Any] = Field(
+        default_factory=dict, description="real: RealDegradation options to change from Real-ESRGAN's, e.g. "
+                                          "{second: {jpeg_range: [50, 95]}}")
+    ref_degradation: Literal["none", "jpeg"] = Field(
+        "none", description="real: the reference left clean (none) or given its own JPEG compression (jpeg)")
+    ref_jpeg_range: tuple[Int, Int] = Field((70, 95), strict=False,
+                                            description="ref_degradation jpeg: the JPEG quality range, drawn "
+                                                        "uniformly")
+
+    @model_validator(mode="after")
+    def _degradation(self) -> TrainDataConfig:
+        given = _given(self)
+        if self.degradation != "real":
+            for key in ("degradation_options", "ref_degradation", "ref_jpeg_range"):
+                if key in given:
+                    raise _error("only used with degradation: real", key)
+            return self
+        try:
+            RealDegradation.from_options(self.degradation_options)
+        except RefsrError as exc:  # "second.jpeg_range: what is wrong"
+            where, _, what = str(exc).partition(": ")
+            raise _error(what, "degradation_options", *where.split(".")) from None
+        lo, hi = self.ref_jpeg_range
+        if not 1 <= lo <= hi <= 100:
+            raise _error(f"JPEG qualities within 1..100, low <= high, got [{lo}, {hi}]", "ref_jpeg_range")
+        if self.ref_degradation != "jpeg" and "ref_jpeg_range" in given:
+            raise _error("only used with ref_degradation: jpeg", "ref_jpeg_range")
+        return self
 
     @model_validator(mode="after")
     def _sources_and_crop(self) -> TrainDataConfig:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from refsr.data.registry import build_dataset
 from refsr.data.synthetic import SyntheticRefPairs
 from refsr.errors import RefsrError
 from refsr.matching.ccnet import upsample_lr
@@ -287,7 +288,7 @@ class CCNetTask(Task):
         c = cfg.ccnet
         parts = []
         for i, source in enumerate(cfg.data.train.sources):
-            dataset = builders.build_dataset(source.dataset, source.root, source.options, seed=cfg.seed,
+            dataset = build_dataset(source.dataset, source.root, source.options, seed=cfg.seed,
                                              scale=c.scale, path=f"data.train.sources[{i}]")
             parts.append(CCNetPairs(dataset, window=c.window, scale=c.scale, grid=c.grid,
                                     crops_per_sample=c.crops_per_sample, rotate=c.rotate, seed=cfg.seed + 1000 * i))
