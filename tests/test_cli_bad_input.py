@@ -19,17 +19,16 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import load_photo
+from PIL import Image
+from test_io import png_bytes_with_size
+
 from refsr.cli import main
 from refsr.io import read_image
-from test_io import png_bytes_with_size
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -11,13 +11,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import load_photo
 from PIL import Image
 
 import refsr
-from conftest import load_photo
 from refsr.cli import main
 from refsr.errors import RefsrError
-from refsr.video import FrameUpscaler, PreparedReference, _StillsFromVideo, stills_around
+from refsr.video import FrameUpscaler, _StillsFromVideo, stills_around
 
 TINY = dict(nf=8, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1))
 
