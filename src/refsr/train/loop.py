@@ -31,7 +31,6 @@ import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from refsr.errors import RefsrError
+from refsr.io import atomic_output
 from refsr.train import checkpoint
 from refsr.train.builders import lr_factor
 from refsr.train.config import config_to_dict, load_config
@@ -571,10 +571,8 @@ def _write_config(run: Run, resuming: bool) -> None:
         if changed:
             run.monitor.message(f"resuming with a changed config: {', '.join(changed[:8])}"
                                 + (" ..." if len(changed) > 8 else ""))
-    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=run.out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yaml.safe_dump(current, fh, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
