@@ -23,6 +23,16 @@ SOURCES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # These tests decode and resize whole frames: small tensors, where a second thread only adds waiting (and
+    # on a busy machine a great deal of it).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """configs/default.yaml on the ci subset: scikit-image's training photos and Big Buck Bunny's frame pairs."""
