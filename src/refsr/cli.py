@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -454,12 +456,33 @@ def _version() -> str:
     return f"refsr {__version__}"
 
 
+def _leave_during_start_up(signum: int, frame: object) -> None:
+    """SIGINT while torch is being imported: leave at once, one line, exit 130.
+
+    Raising KeyboardInterrupt there is not safe: when the signal lands inside a pybind11 callback of torch's
+    C++ start-up, the exception crosses C++ and the process aborts with "terminate called ...". Nothing has
+    been written yet, so there is nothing to clean up.
+    """
+    os.write(sys.stderr.fileno(), b"refsr: error: interrupted\n")
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``refsr`` console script. Returns the exit status."""
+    # Only Python's own handler is replaced (not a caller's), and only where signals can be set: the main thread.
+    interactive_sigint = (
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and threading.current_thread() is threading.main_thread()
+    )
+    if interactive_sigint:
+        signal.signal(signal.SIGINT, _leave_during_start_up)
     try:
-        # Building the parser imports the eval and train commands (and torch): an interrupt there is caught too.
+        # Building the parser imports the eval and train commands (and torch).
         parser = build_parser()
         args = parser.parse_args(argv)
+        if interactive_sigint:
+            # From here on an interrupt is a KeyboardInterrupt again, so that atomic writers clean up.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return int(args.run(args) or 0)
     except RefsrError as exc:
         sys.stderr.write(f"refsr: error: {exc}\n")
