@@ -2,8 +2,10 @@
 
 Usage::
 
-    python benchmarks/models.py              # MASA at the paper's and CUFED5's stacked sizes; MASA-lite; AMSA
+    python benchmarks/models.py              # MASA at the paper's and CUFED5's stacked sizes; MASA-lite; AMSA;
+                                             # TTSR, C2-Matching and DATSR at the paper's size
     python benchmarks/models.py --quick      # the paper's size only
+    python benchmarks/models.py --model ttsr --threads 1   # one model's cases
     refsr bench models                       # the same, from a source checkout
 
 Every case runs in a fresh subprocess, so that one case's allocations cannot hide in another's peak. Inside
@@ -52,6 +54,12 @@ CASES = (
     # their pyramids, match = CFE-PatchMatch + offsets, transfer = VGG textures, decode = MSDA + fusion.
     Case("amsa", (40, 40), (160, 160), "n/a (CUDA-only code)", "match <= 3 s, <= 12 s"),
     Case("amsa-lite", (40, 40), (160, 160), "n/a", "n/a"),
+    # The peers at the paper's size. Stages: encode = texture / contrastive features, match = the exhaustive
+    # search (and C2/DATSR's offsets), transfer = TTSR's texture folding or C2/DATSR's VGG textures, decode =
+    # the main / restoration network. Official figures: none measured here (C2's and DATSR's code is CUDA-only).
+    Case("ttsr", (128, 128), (512, 512), "n/a", "n/a"),
+    Case("c2-matching", (128, 128), (512, 512), "n/a (CUDA-only code)", "n/a"),
+    Case("datsr", (128, 128), (512, 512), "n/a (CUDA-only code)", "n/a"),
 )
 
 
@@ -126,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="MASA at LR 128^2 / Ref 512^2 only")
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs (default 3)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--model", action="append", default=None, metavar="NAME",
+                        help="only the cases of this model (repeat for several)")
     parser.add_argument("--case", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -145,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
-    for case in CASES[:1] if args.quick else CASES:
+    cases = CASES[:1] if args.quick else CASES
+    if args.model:
+        cases = tuple(case for case in cases if case.model in args.model)
+    for case in cases:
         result = _spawn(case, args.repeat, args.threads)
         lr_text, ref_text = "x".join(map(str, case.lr)), "x".join(map(str, case.ref))
         if "error" in result:

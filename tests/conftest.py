@@ -56,6 +56,7 @@ def ci_data() -> Path:
 
 
 def timeless(records: list[dict]) -> list[dict]:
-    """``metrics.jsonl`` records without their wall-clock readings (samples per second, peak GPU memory),
-    which differ between two otherwise identical runs."""
-    return [{k: v for k, v in r.items() if k not in ("samples_per_second", "peak_gpu_memory_mb")} for r in records]
+    """``metrics.jsonl`` records without their wall-clock readings (samples per second, iteration seconds, peak
+    GPU memory), which differ between two otherwise identical runs."""
+    timing = ("samples_per_second", "iteration_seconds", "peak_gpu_memory_mb")
+    return [{k: v for k, v in r.items() if k not in timing} for r in records]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +95,37 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
 
     with open(tmp_path / "evil.pth", "wb") as fh:
         pickle.dump({"w": Evil()}, fh, protocol=2)
-    with pytest.raises(RefsrError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(RefsrError, match=r"holds pickled Python objects \(getattr\)") as raised:
         read_checkpoint(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned").exists()
+    message = str(raised.value)
+    assert "\x1b" not in message and "\n" not in message  # torch's coloured, multi-line advice is not passed on
+    assert "weights_only=False" not in message
+
+
+def test_torchscript_archive_is_named_without_a_warning(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script itself is deprecated
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(tmp_path / "scripted.pth"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's UserWarning about dispatching to torch.jit.load must not escape
+        with pytest.raises(RefsrError, match="TorchScript archive, not a checkpoint"):
+            read_checkpoint(tmp_path / "scripted.pth")
+
+
+def test_save_safetensors_failures_are_one_error_and_leave_nothing(tmp_path: Path, monkeypatch) -> None:
+    state = {"w": torch.ones(3)}
+    with pytest.raises(RefsrError, match="does not exist"):
+        save_safetensors(state, tmp_path / "missing" / "w.safetensors")
+
+    def no_temporary_file(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temporary_file)
+    with pytest.raises(RefsrError, match=r"w\.safetensors: .*No space left on device"):
+        save_safetensors(state, tmp_path / "w.safetensors")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_mismatched_weights_list_the_keys(tmp_path: Path, tiny_registered: str) -> None:
@@ -126,3 +156,11 @@ def test_load_state_dict_strict_message_is_one_line() -> None:
     with pytest.raises(RefsrError) as err:
         load_state_dict(TinyNet(), {})
     assert "\n" not in str(err.value)
+
+
+def test_model_scale_needs_no_weight_file() -> None:
+    from refsr.models._registry import model_scale
+
+    assert model_scale("refsrnet-lite", {"ccnet_weights": "no/such/file.safetensors"}) == 8
+    assert model_scale("masa-lite") == 4
+    assert model_scale("bicubic", {"scale": 2}) == 2  # an explicit builder's options are the model's own

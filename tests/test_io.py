@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import load_photo
 from refsr.errors import RefsrError
-from refsr.io import read_image, write_image
+from refsr.io import atomic_output, read_image, read_image_size, write_image
 
 
 def png_bytes_with_size(width: int, height: int) -> bytes:
@@ -146,3 +146,89 @@ def test_write_rejects_bad_destinations(tmp_path: Path, name: str, phrase: str) 
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(RefsrError, match=phrase):
         write_image(tmp_path / name, load_photo("coffee.png"))
+
+
+def test_write_fails_cleanly_when_no_temporary_file_can_be_made(tmp_path: Path, monkeypatch) -> None:
+    """A full inode table or a folder that refuses new files (``/sys``): one error naming the path, nothing left."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(RefsrError, match=r"out\.png: .*No space left on device") as raised:
+        write_image(tmp_path / "out.png", load_photo("coffee.png"))
+    assert "\n" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be created")
+def test_write_into_a_folder_that_refuses_files(tmp_path: Path) -> None:
+    # Root ignores permission bits, so a chmod-ed folder would not do; /proc refuses new files to anyone.
+    with pytest.raises(RefsrError, match=r"/proc/x\.png: the output folder /proc cannot be written"):
+        write_image("/proc/x.png", load_photo("coffee.png"))
+
+
+def test_atomic_output_removes_its_file_on_any_failure(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "a.bin") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the writer failed")
+    with pytest.raises(RefsrError, match=r"b\.bin: cannot write \(Is a directory\)"):
+        (tmp_path / "b.bin").mkdir()
+        with atomic_output(tmp_path / "b.bin") as tmp:  # the final rename fails: a folder is in the way
+            tmp.write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin"] and not any((tmp_path / "b.bin").iterdir())
+    with atomic_output(tmp_path / "c.bin") as tmp:
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "c.bin").read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", ".jpg"), ("WEBP", ".webp")])
+def test_quality_sets_the_encoder_quality(tmp_path: Path, fmt: str, ext: str) -> None:
+    img = load_photo("astronaut.png")
+    for quality in (20, 90):
+        write_image(tmp_path / f"q{quality}{ext}", img, quality=quality)
+        expected = io.BytesIO()
+        Image.fromarray(img).save(expected, format=fmt, quality=quality,
+                                  **({"subsampling": 0} if fmt == "JPEG" else {}))
+        assert (tmp_path / f"q{quality}{ext}").read_bytes() == expected.getvalue()
+    assert (tmp_path / f"q20{ext}").stat().st_size < (tmp_path / f"q90{ext}").stat().st_size
+
+
+@pytest.mark.parametrize("name, quality, phrase", [("x.png", 80, "JPEG and WebP only"), ("x.jpg", 0, "1 to 100"),
+                                                   ("x.jpg", 101, "1 to 100")])
+def test_bad_quality_is_refused_before_writing(tmp_path: Path, name: str, quality: int, phrase: str) -> None:
+    with pytest.raises(RefsrError, match=phrase):
+        write_image(tmp_path / name, load_photo("coffee.png"), quality=quality)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_size_reads_only_the_header(tmp_path: Path, monkeypatch) -> None:
+    # A 12000x9000 PNG header with no pixel data: its size is known without decoding (which would fail).
+    (tmp_path / "huge.png").write_bytes(png_bytes_with_size(12000, 9000))
+    assert read_image_size(tmp_path / "huge.png") == (9000, 12000)
+    with pytest.raises(RefsrError, match="truncated or corrupt"):
+        read_image_size(tmp_path / "huge.png", decode=True)
+
+
+def test_image_size_follows_exif_orientation(tmp_path: Path) -> None:
+    pil = Image.fromarray(np.zeros((10, 20, 3), dtype=np.uint8))
+    exif = pil.getexif()
+    exif[0x0112] = 6
+    pil.save(tmp_path / "o.jpg", exif=exif.tobytes())
+    assert read_image_size(tmp_path / "o.jpg") == read_image(tmp_path / "o.jpg").shape[:2] == (20, 10)
+
+
+def test_pillow_size_warnings_do_not_leak(tmp_path: Path) -> None:
+    import warnings
+
+    # Above Pillow's MAX_IMAGE_PIXELS (89 M) it warns; above twice that it refuses.
+    (tmp_path / "big.png").write_bytes(png_bytes_with_size(12000, 12000))
+    (tmp_path / "bomb.png").write_bytes(png_bytes_with_size(20000, 20000))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_image_size(tmp_path / "big.png") == (12000, 12000)
+        with pytest.raises(RefsrError, match=r"too large to read safely \(20000x20000\)"):
+            read_image_size(tmp_path / "bomb.png")
+    assert caught == []

@@ -57,24 +57,28 @@ def side_by_side(
     *,
     labels: Sequence[str] = ("bicubic", "refsr", "reference"),
 ) -> Image.Image:
-    """A labelled row of panels: the LR upscaled with PIL bicubic, the SR, and the reference.
+    """A labelled row of three panels: the LR upscaled with PIL bicubic, the SR, and the reference.
 
     Args:
         lr: the LR image (PIL, uint8 array or path).
         sr: the super-resolved image; its size is every panel's size.
-        ref: the reference, a list of them (stacked vertically in one panel), or ``None`` (self-reference:
-            the third panel is left out).
+        ref: the reference, a list of them (stacked vertically in one panel), or ``None``: then the third
+            panel is the self-reference the model was given, the LR upscaled with PIL bicubic (so it repeats
+            the first panel), labelled ``"self-reference"``.
         labels: the three panel titles.
 
     Returns:
-        An RGB PIL image, ``3 * W + 2 * gap`` wide (two panels without a reference) and ``H + label`` high,
-        where ``W x H`` is the SR size.
+        An RGB PIL image, ``3 * W + 2 * gap`` wide and ``H + label`` high, where ``W x H`` is the SR size.
     """
     sr_img = _as_pil(sr)
     size = sr_img.size
-    panels = [_as_pil(lr).resize(size, Image.BICUBIC), sr_img]
+    bicubic = _as_pil(lr).resize(size, Image.BICUBIC)
+    panels = [bicubic, sr_img]
     names = list(labels[:2])
-    if ref is not None:
+    if ref is None:
+        panels.append(bicubic)
+        names.append("self-reference")
+    else:
         refs = [_as_pil(r) for r in (ref if isinstance(ref, (list, tuple)) else [ref])]
         if len(refs) > 1:
             width = max(r.width for r in refs)

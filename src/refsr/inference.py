@@ -25,6 +25,7 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 import sys
@@ -36,28 +37,39 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refsr.devices import resolve_device, resolve_precision
 from refsr.errors import RefsrError
 from refsr.hub import create_model
 from refsr.imresize import imresize
-from refsr.io import _to_rgb8, read_image
-from refsr.devices import resolve_device, resolve_precision
+from refsr.io import _to_rgb8, read_image, read_image_size
 from refsr.models import DEFAULT_MODEL, MemoryCost, RefSRModel, get_entry, list_models
-from refsr.models._base import pad_inputs
+from refsr.models._base import PaddedInputs, pad_inputs
 from refsr.models._size import SizeRule, pad_to_rule, padded_size
 
 __all__ = [
     "upscale",
     "resolve_model",
     "image_to_tensor",
+    "image_size",
     "tensor_to_image",
     "stitch_references",
+    "self_reference",
+    "encode_references",
+    "reference_runner",
+    "local_self_reference_runner",
+    "run_tiles",
     "parse_memory",
     "predict_peak_memory",
     "choose_tile",
     "TilePlan",
+    "UpscalePlan",
+    "plan_upscale",
+    "padded_reference_sizes",
+    "minimum_budget",
     "DEFAULT_MAX_MEMORY",
     "DEFAULT_MATCHING",
     "MULTI_REF_MODES",
+    "resolve_matching",
 ]
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
@@ -66,9 +78,8 @@ ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 DEFAULT_MAX_MEMORY = 4 * 2**30
 
 #: The matching :func:`upscale` asks of models that offer a choice (``model.matching_modes``, e.g. MASA's
-#: exact or indexed coarse search). "fast" costs no measurable quality (``benchmarks/upscale.py --quality``:
-#: within 0.05 dB of "exact" on every kind of the open eval split) and its time grows linearly with the
-#: image instead of with LR x reference pixels.
+#: exact or indexed coarse search). Its time grows linearly with the image instead of with LR x reference
+#: pixels; what it costs in quality is measured by ``benchmarks/upscale.py --quality`` (README).
 DEFAULT_MATCHING = "fast"
 
 #: The ways of using several references.
@@ -213,8 +224,12 @@ def parse_memory(value: int | float | str) -> int:
     return size
 
 
-def _format_memory(size: float) -> str:
-    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"
+def _format_memory(size: float, *, round_up: bool = False) -> str:
+    """``size`` bytes as ``"877 MB"`` or ``"3.07 GB"``; ``round_up`` for a budget to suggest (it must suffice)."""
+    rounding = math.ceil if round_up else round
+    if size >= 2**30:
+        return f"{rounding(size / 2**30 * 100) / 100:.2f} GB"
+    return f"{rounding(size / 2**20):.0f} MB"
 
 
 #: Predictions are multiplied by this: the measured peaks vary by a few percent from run to run (allocator).
@@ -250,8 +265,9 @@ def predict_peak_memory(
     ref_down = ref_pixels / 16 if ref_down_pixels is None else ref_down_pixels
     tile_pixels = tile_size[0] * tile_size[1]
     image_pixels = image_size[0] * image_size[1]
-    tiled_image = cost.per_image_pixel_tiled if tile_pixels < image_pixels else 0.0
-    per_image = tiled_image or cost.per_image_pixel
+    # A model that tiles itself keeps less of the whole image (no float canvas) when it runs in tiles.
+    tiled = tile_pixels < image_pixels and cost.per_image_pixel_tiled > 0
+    per_image = cost.per_image_pixel_tiled if tiled else cost.per_image_pixel
     base = cost.fixed + cost.per_parameter * parameters + per_image * image_pixels
     strip = ref_pixels if ref_strip_pixels is None else min(ref_strip_pixels, ref_pixels)
     encoding = cost.per_ref_pixel * ref_pixels + cost.per_ref_pixel_encoding * strip
@@ -288,7 +304,7 @@ def _overlap_for(cost: MemoryCost, rule: SizeRule) -> tuple[int, int, int]:
 
 
 def choose_tile(
-    model: torch.nn.Module,
+    model: RefSRModel,
     image_size: tuple[int, int],
     ref_pixels: int,
     max_memory: int,
@@ -309,19 +325,11 @@ def choose_tile(
     cost = model.memory_cost
     rule = model.size_rule
     context, ramp, overlap = _overlap_for(cost, rule)
-    parameters = _parameter_count(model)
     h, w = image_size
-
-    def peak(th: int, tw: int) -> int:
-        return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
-                                   ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
-                                   ref_strip_pixels=ref_strip_pixels)
-
-    smallest = padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    smallest = _smallest_tile(model)
     if tile is not None:
         side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-        if side >= h and side >= w:
-            return TilePlan(None, overlap, context, ramp, peak(h, w))
         candidates = [side]
     else:
         if peak(h, w) <= max_memory:
@@ -331,14 +339,197 @@ def choose_tile(
     for side in candidates:
         predicted = peak(min(side, h), min(side, w))
         if predicted <= max_memory:
-            return TilePlan(side, overlap, context, ramp, predicted)
-    needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)))
+            return TilePlan(None if side >= h and side >= w else side, overlap, context, ramp, predicted)
+    needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)), round_up=True)
     what = f"even tiles of {candidates[-1]} LR pixels need" if tile is None else f"tiles of {candidates[-1]} px need"
     raise RefsrError(
         f"the memory budget of {_format_memory(max_memory)} is too small: {what} about {needed} (the "
         f"reference's features alone take {_format_memory(cost.per_ref_pixel * ref_pixels)}); raise "
         f"--max-memory (max_memory=) to at least {needed}, or use a smaller reference"
         + ("" if tile is None else " or --tile")
+    )
+
+
+def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: int,
+                   ref_down_pixels: int | None, ref_strip_pixels: int | None) -> Callable[[int, int], int]:
+    """``(tile h, tile w) -> predicted peak`` for ``model`` on a padded LR of ``image_size``."""
+    cost = model.memory_cost
+    parameters = _parameter_count(model)
+
+    def peak(th: int, tw: int) -> int:
+        return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
+                                   ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
+                                   ref_strip_pixels=ref_strip_pixels)
+
+    return peak
+
+
+def _smallest_tile(model: RefSRModel) -> int:
+    """The smallest tile side :func:`choose_tile` uses: twice the overlap, on the model's LR grid."""
+    rule = model.size_rule
+    overlap = _overlap_for(model.memory_cost, rule)[2]
+    return padded_size(max(2 * overlap, rule.min_lr), rule.lr_multiple, 1)
+
+
+def minimum_budget(
+    model: RefSRModel,
+    image_size: tuple[int, int],
+    ref_pixels: int,
+    *,
+    tile: int | None = None,
+    ref_down_pixels: int | None = None,
+    ref_strip_pixels: int | None = None,
+) -> int:
+    """The smallest ``max_memory`` for which :func:`choose_tile` finds a plan (same arguments).
+
+    That is the predicted peak at the smallest usable tile, or at ``tile`` when one is forced.
+    """
+    rule = model.size_rule
+    smallest = _smallest_tile(model)
+    side = smallest if tile is None else padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    return peak(min(side, image_size[0]), min(side, image_size[1]))
+
+
+# ---------------------------------------------------------------------- planning from sizes
+
+
+@dataclass(frozen=True)
+class UpscalePlan:
+    """How :func:`upscale` runs an LR with its references, decided from their sizes alone (nothing decoded).
+
+    Attributes:
+        lr_size: ``(h, w)`` of the LR padded to the model's size rule.
+        tiles: the :class:`TilePlan`.
+        multi_ref: ``"per-tile"`` or ``"stitch"`` (also for a single reference).
+        local_self_reference: no reference was given and the whole self-reference does not fit the budget:
+            each tile takes its own LR, upscaled, as its reference.
+    """
+
+    lr_size: tuple[int, int]
+    tiles: TilePlan
+    multi_ref: str
+    local_self_reference: bool
+
+    @property
+    def tile_count(self) -> int:
+        """How many tiles the LR is cut into (1 when it runs whole)."""
+        if self.tiles.tile is None:
+            return 1
+        h, w = self.lr_size
+        th, tw = min(self.tiles.tile, h), min(self.tiles.tile, w)
+        return len(_tile_starts(h, th, self.tiles.overlap)) * len(_tile_starts(w, tw, self.tiles.overlap))
+
+
+def _size(hw: tuple[int, int]) -> str:
+    return f"{hw[1]}x{hw[0]}"
+
+
+def padded_reference_sizes(rule: SizeRule, sizes: Sequence[tuple[int, int]], mode: str) -> list[tuple[int, int]]:
+    """The ``(h, w)`` of the references :func:`upscale` feeds the model: stitched when ``mode`` says so, then
+    padded to the size rule (as :func:`stitch_references` and :func:`pad_to_rule` do)."""
+    sizes = list(sizes)
+    if mode == "stitch" and len(sizes) > 1:
+        width = padded_size(max(w for _, w in sizes), rule.ref_multiple, rule.min_ref)
+        sizes = [(sum(padded_size(h, rule.ref_multiple, 1) for h, _ in sizes), width)]
+    return [(padded_size(h, rule.ref_multiple, rule.min_ref), padded_size(w, rule.ref_multiple, rule.min_ref))
+            for h, w in sizes]
+
+
+def plan_upscale(
+    model: RefSRModel,
+    lr_size: tuple[int, int],
+    ref_sizes: Sequence[tuple[int, int]] | None,
+    max_memory: int,
+    *,
+    tile: int | None = None,
+    multi_ref: str = "auto",
+    lr_name: str = "the LR",
+    ref_names: Sequence[str] | None = None,
+) -> UpscalePlan:
+    """Plan :func:`upscale` from sizes: check the budget before any image is decoded.
+
+    Args:
+        model: the model (its size rule, scale and memory cost).
+        lr_size: ``(h, w)`` of the LR as given (unpadded).
+        ref_sizes: ``(h, w)`` of each reference, or ``None`` for self-reference.
+        max_memory: the budget in bytes.
+        tile: a forced tile side, or ``None``.
+        multi_ref: as :func:`upscale`.
+        lr_name, ref_names: how error messages name the inputs (e.g. their paths).
+
+    Raises:
+        RefsrError: nothing fits the budget; the message names the input that is too large (the LR or a
+            reference) when it is the cause, and always the budget that would work.
+    """
+    if multi_ref not in MULTI_REF_MODES:
+        raise RefsrError(f"unknown multi_ref {multi_ref!r}; use one of {', '.join(MULTI_REF_MODES)}")
+    rule, scale = model.size_rule, int(model.scale)
+    h, w = lr_size
+    padded = (padded_size(h, rule.lr_multiple, rule.min_lr), padded_size(w, rule.lr_multiple, rule.min_lr))
+    self_reference = ref_sizes is None
+    refs: list[tuple[int, int]] = []
+    mode = "stitch"
+    if model.uses_ref:
+        given = [(h * scale, w * scale)] if self_reference else list(ref_sizes)  # type: ignore[arg-type]
+        if not given:
+            raise RefsrError("an empty list of references was given; pass None for self-reference")
+        mode = _resolve_multi_ref(multi_ref, model) if len(given) > 1 else "stitch"
+        refs = padded_reference_sizes(rule, given, mode)
+    ref_pixels = sum(rh * rw for rh, rw in refs)
+    ref_down_pixels = max((rh * rw for rh, rw in refs), default=0) // 16
+    strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if model.caches_reference else None
+    try:
+        tiles = choose_tile(model, padded, ref_pixels, max_memory, tile=tile, ref_down_pixels=ref_down_pixels,
+                            ref_strip_pixels=strip_pixels)
+        return UpscalePlan(padded, tiles, mode, False)
+    except RefsrError:
+        pass
+    needed = minimum_budget(model, padded, ref_pixels, tile=tile, ref_down_pixels=ref_down_pixels,
+                            ref_strip_pixels=strip_pixels)
+    if self_reference and refs and tile is None:
+        # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
+        # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
+        # reference shrinks with the tile, so some tile size fits.
+        try:
+            return UpscalePlan(padded, _local_self_reference_plan(model, padded, scale, max_memory), mode, True)
+        except RefsrError:
+            side = _smallest_tile(model)
+            local_pixels = min(side, padded[0]) * scale * min(side, padded[1]) * scale
+            needed = min(needed, minimum_budget(model, padded, local_pixels, tile=side,
+                                                ref_down_pixels=local_pixels // 16))
+    raise _budget_error(model, padded, (h, w), refs if not self_reference else [], ref_sizes, needed,
+                        max_memory, tile, lr_name, ref_names)
+
+
+def _budget_error(model: RefSRModel, padded: tuple[int, int], lr_size: tuple[int, int],
+                  refs: list[tuple[int, int]], ref_sizes: Sequence[tuple[int, int]] | None, needed: int,
+                  budget: int, tile: int | None, lr_name: str, ref_names: Sequence[str] | None) -> RefsrError:
+    """The one-line error for a budget that nothing fits: who is too large, and the budget that works."""
+    cost = model.memory_cost
+    at_least = _format_memory(needed, round_up=True)
+    advice = f"raise --max-memory (max_memory=) to at least {at_least}"
+    image_part = MEMORY_MARGIN * cost.per_image_pixel * padded[0] * padded[1]
+    ref_part = MEMORY_MARGIN * cost.per_ref_pixel * sum(rh * rw for rh, rw in refs)
+    # Blame the larger of the two parts that grow with the inputs, when it is a large share of the need.
+    if image_part >= ref_part and image_part >= needed / 3:
+        return RefsrError(
+            f"{lr_name} ({_size(lr_size)}) is too large for the memory budget of {_format_memory(budget)}: "
+            f"its output alone takes {_format_memory(image_part)} and the whole run at least {at_least}; "
+            f"{advice}, or give a smaller image"
+        )
+    if ref_sizes and ref_part > image_part and ref_part >= needed / 3:
+        largest = max(range(len(ref_sizes)), key=lambda i: ref_sizes[i][0] * ref_sizes[i][1])
+        name = ref_names[largest] if ref_names else f"reference {largest + 1}"
+        return RefsrError(
+            f"the reference {name} ({_size(ref_sizes[largest])}) is too large for the memory budget of "
+            f"{_format_memory(budget)}: the references' features alone take {_format_memory(ref_part)} and "
+            f"the whole run at least {at_least}; {advice}, or use a smaller reference"
+        )
+    what = f"tiles of {tile} LR pixels" if tile is not None else "even the smallest tiles"
+    return RefsrError(
+        f"the memory budget of {_format_memory(budget)} is too small: {what} need about {at_least} (the "
+        f"model and libraries alone take {_format_memory(MEMORY_MARGIN * cost.fixed)}); {advice}"
     )
 
 
@@ -420,7 +611,7 @@ def _run_tiled(
 # ---------------------------------------------------------------------- references
 
 
-def _self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
+def self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
     """The LR upscaled with PIL bicubic: the stand-in reference when none is given (``(1,3,sh,sw)``)."""
     h, w = x.shape[-2:]
     return imresize((x * 255).round().to(torch.uint8), size=(h * scale, w * scale)).float().div_(255)
@@ -429,7 +620,7 @@ def _self_reference(x: torch.Tensor, scale: int) -> torch.Tensor:
 def _reference_tensors(ref: ImageLike | Sequence[ImageLike] | None, x: torch.Tensor, scale: int,
                        device: torch.device) -> list[torch.Tensor]:
     if ref is None:
-        return [_self_reference(x, scale)]
+        return [self_reference(x, scale)]
     if isinstance(ref, (list, tuple)):
         if not ref:
             raise RefsrError("an empty list of references was given; pass None for self-reference")
@@ -503,79 +694,105 @@ def upscale(
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
-    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
-    matching = _resolve_matching(matching, net)
-    dtype = resolve_precision(precision, dev, net.precisions)
-    if dtype != torch.float32:
-        net = copy.deepcopy(net).to(dtype) if isinstance(model, torch.nn.Module) else net.to(dtype)
+    net, matching = prepare_model(model, weights, random_weights=random_weights, device=dev, matching=matching,
+                                  precision=precision)
     rule, scale = net.size_rule, net.scale
 
-    # Inputs stay float32: a model in another dtype casts them itself (MASA keeps the bicubic skip in float32).
+    # Plan from the sizes first (a file's header only): an image that cannot fit the budget is refused
+    # before it is decoded.
+    given = None if ref is None else (list(ref) if isinstance(ref, (list, tuple)) else [ref])
+    uses_ref = net.uses_ref
+    plan = plan_upscale(
+        net, image_size(lr), [image_size(r) for r in given] if given is not None and uses_ref else None,
+        budget, tile=tile, multi_ref=multi_ref, lr_name=_input_name(lr, "the LR image"),
+        ref_names=[_input_name(r, f"reference {i + 1}") for i, r in enumerate(given or [])],
+    )
+
     x = image_to_tensor(lr).to(dev)
     padded = pad_inputs(net, x)
     refs: list[torch.Tensor] = []
-    mode = "stitch"
-    if net.uses_ref:
+    if uses_ref and not plan.local_self_reference:
         refs = _reference_tensors(ref, x, scale, dev)
-        mode = _resolve_multi_ref(multi_ref, net) if len(refs) > 1 else "stitch"
-        if mode == "stitch" and len(refs) > 1:
+        if plan.multi_ref == "stitch" and len(refs) > 1:
             refs = [stitch_references(refs, rule)]
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
     del x
-    xp = padded.lr
 
-    ref_pixels = sum(r.shape[-2] * r.shape[-1] for r in refs)
-    ref_down_pixels = max((r.shape[-2] * r.shape[-1] for r in refs), default=0) // 16
-    strip_pixels = max((_strip_pixels(net, r) for r in refs), default=0) if net.caches_reference else None
-    try:
-        plan = choose_tile(net, (xp.shape[-2], xp.shape[-1]), ref_pixels, budget, tile=tile,
-                           ref_down_pixels=ref_down_pixels, ref_strip_pixels=strip_pixels)
-    except RefsrError:
-        if not (ref is None and refs and tile is None):
-            raise
-        plan = None
-    if plan is None:
-        # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
-        # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
-        # reference shrinks with the tile, so some tile size fits.
-        refs.clear()
-        plan = _local_self_reference_plan(net, (xp.shape[-2], xp.shape[-1]), scale, budget)
-        run_tile = _local_self_reference_runner(net, scale, matching)
-    elif plan.tile is not None and net.tiles_exactly and len(refs) == 1:
-        # The model tiles itself, exactly (MASA: stage by stage, whole-image matching and statistics).
-        cache = net.encode_reference(refs[0], strip_rows=_strip_rows(refs[0].shape[-1]), **matching)
-        refs.clear()
-        out = _run_exact_tiles(net, cache, xp, plan.tile, padded, matching, progress)
-        return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+    if plan.local_self_reference:
+        sr = run_tiles(local_self_reference_runner(net, scale, matching), padded.lr, scale, plan.tiles, progress)
+        out = output_to_image(padded.crop(sr))
     else:
-        run_tile = _tile_runner(net, refs, mode, matching)
-    del refs
-    if plan.tile is None:
-        sr = run_tile(xp)
-    else:
-        sr = _run_tiled(run_tile, xp, scale, plan, progress)
-    del run_tile, xp
-    sr = padded.crop(sr).float()
-    # In place: at 4096^2 every float copy of the output is 200 MB.
-    out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    del sr
+        prepared = encode_references(net, refs, matching)
+        if net.caches_reference:
+            refs.clear()  # the caches are all that is needed now
+        out = run_with_references(net, padded, prepared, plan.tiles, matching, progress)
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
 
 
-def _resolve_matching(matching: str | None, net: RefSRModel) -> dict[str, str]:
-    """The ``matching=`` keyword for the model's calls: empty for models without a choice."""
+def prepare_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None, *,
+                  random_weights: bool = False, device: str | torch.device = "cpu", matching: str | None = None,
+                  precision: str = "auto") -> tuple[RefSRModel, str | None]:
+    """The model :func:`upscale` runs, on its device and in its dtype, and the matching to ask of it.
+
+    A model passed as a module and run in another dtype is converted on a copy; the caller's stays as it is.
+    The arguments are those of :func:`upscale`.
+    """
+    dev = resolve_device(device)
+    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
+    matching = resolve_matching(net, matching)
+    dtype = resolve_precision(precision, dev, net.precisions)
+    current = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != current:
+        net = copy.deepcopy(net).to(dtype) if isinstance(model, torch.nn.Module) else net.to(dtype)
+    return net, matching
+
+
+def output_to_image(sr: torch.Tensor) -> np.ndarray:
+    """A cropped SR output ``(1,3,H,W)`` of any float dtype -> ``HxWx3`` uint8, rounded."""
+    # In place: at 4096^2 every float copy of the output is 200 MB. Inputs and outputs are float32 whatever
+    # the model computes in (MASA keeps its bicubic skip in float32).
+    return sr[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def run_with_references(net: RefSRModel, padded: PaddedInputs, prepared: Sequence[Any], tiles: TilePlan,
+                        matching: str | None, progress: bool | None) -> np.ndarray:
+    """The uint8 SR of ``padded.lr`` (cropped), with references from :func:`encode_references` (none: the
+    model runs without).
+
+    A model that tiles itself exactly (``tiles_exactly``) does so when the plan has tiles and there is one
+    reference; otherwise :func:`reference_runner` runs whole or in cross-faded tiles (:func:`run_tiles`).
+    """
+    if tiles.tile is not None and net.tiles_exactly and len(prepared) == 1:
+        # The model tiles itself, exactly (MASA: stage by stage, whole-image matching and statistics).
+        return _run_exact_tiles(net, prepared[0], padded.lr, tiles.tile, padded, matching, progress)
+    sr = run_tiles(reference_runner(net, prepared, matching), padded.lr, net.scale, tiles, progress)
+    return output_to_image(padded.crop(sr))
+
+
+def resolve_matching(net: RefSRModel, matching: str | None) -> str | None:
+    """The matching to ask of ``net``: ``None`` for a model without a choice, else ``matching`` checked
+    against ``net.matching_modes`` (``None``: :data:`DEFAULT_MATCHING`).
+
+    Raises:
+        RefsrError: a matching the model does not offer, or any matching for a model without a choice.
+    """
     if not net.matching_modes:
         if matching is not None:
             raise RefsrError(f"this model ({type(net).__name__}) has no choice of matching; leave matching unset")
-        return {}
+        return None
     matching = DEFAULT_MATCHING if matching is None else matching
     if matching not in net.matching_modes:
         raise RefsrError(f"unknown matching {matching!r}; use one of {', '.join(net.matching_modes)}")
-    return {"matching": matching}
+    return matching
 
 
-def _run_exact_tiles(net: RefSRModel, cache: Any, lr: torch.Tensor, tile: int, padded: Any,
-                     matching: dict[str, str], progress: bool | None) -> np.ndarray:
+def _matching_kwargs(matching: str | None) -> dict[str, str]:
+    """The keyword a model with a choice of matching takes (none for the others)."""
+    return {} if matching is None else {"matching": matching}
+
+
+def _run_exact_tiles(net: RefSRModel, cache: Any, lr: torch.Tensor, tile: int, padded: PaddedInputs,
+                     matching: str | None, progress: bool | None) -> np.ndarray:
     """``net.forward_tiled`` on the padded LR, its tiles written straight into the cropped uint8 result."""
     (top, left), (h, w), s = padded.offset, padded.size, padded.scale
     out = np.empty((h * s, w * s, 3), dtype=np.uint8)
@@ -594,8 +811,31 @@ def _run_exact_tiles(net: RefSRModel, cache: Any, lr: torch.Tensor, tile: int, p
             bar.total = total
             bar.update(done - bar.n)
 
-        net.forward_tiled(lr, cache, tile=tile, write=write, progress=advance, **matching)
+        net.forward_tiled(lr, cache, tile=tile, write=write, progress=advance, **_matching_kwargs(matching))
     return out
+
+
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """``(h, w)`` of an image :func:`image_to_tensor` accepts; a file's size comes from its header alone.
+
+    Raises:
+        RefsrError: an unreadable file, an unsupported type or a zero-size image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image_size(image)
+    if isinstance(image, Image.Image):
+        size = (image.height, image.width)
+    elif isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        size = (int(image.shape[0]), int(image.shape[1]))
+    else:
+        return tuple(image_to_tensor(image).shape[-2:])  # type: ignore[return-value]  # raises the error
+    if 0 in size:
+        raise RefsrError(f"the image has zero size ({size[1]}x{size[0]})")
+    return size
+
+
+def _input_name(image: ImageLike, fallback: str) -> str:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else fallback
 
 
 def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], scale: int,
@@ -618,14 +858,17 @@ def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], sca
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def _local_self_reference_runner(net: RefSRModel, scale: int,
-                                 matching: dict[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
+def local_self_reference_runner(net: RefSRModel, scale: int,
+                                matching: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A tile runner whose reference is each tile's own LR upscaled ``scale``x (see :class:`UpscalePlan`);
+    ``matching`` from :func:`resolve_matching`."""
     rule = net.size_rule
+    kwargs = _matching_kwargs(matching)
 
     def run(tile: torch.Tensor) -> torch.Tensor:
-        ref = _self_reference(tile, scale)
+        ref = self_reference(tile, scale)
         ref = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0]
-        return net(tile, ref, **matching)
+        return net(tile, ref, **kwargs)
 
     return run
 
@@ -635,31 +878,60 @@ def _strip_rows(width: int) -> int:
     return max(64, REF_STRIP_PIXELS // max(width, 1) // 4 * 4)
 
 
-def _strip_pixels(net: RefSRModel, ref: torch.Tensor) -> int:
-    """Pixels the model encodes at once for ``ref`` when it encodes in strips (halo included)."""
+def _strip_pixels(net: RefSRModel, ref_size: tuple[int, int]) -> int:
+    """Pixels the model encodes at once for a reference of ``ref_size`` (h, w) when it encodes in strips."""
     halo = net.encoder_halo()
-    height, width = ref.shape[-2:]
+    height, width = ref_size
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def _tile_runner(net: RefSRModel, refs: list[torch.Tensor], mode: str,
-                 matching: dict[str, str]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` with the references prepared once."""
-    if not refs:
-        return lambda tile: net(tile, None, **matching)
+def encode_references(net: RefSRModel, refs: Sequence[torch.Tensor], matching: str | None = None) -> list[Any]:
+    """Prepare each (padded) reference once, for any number of LR inputs (:func:`reference_runner`).
+
+    Models that cache their reference (``caches_reference``, MASA) get its cache, encoded in strips (with the
+    fast search's index when ``matching`` is ``"fast"``); for the others the tensor itself is what is reused.
+    """
     if not net.caches_reference:
-        ref = refs[0]
-        return lambda tile: net(tile, ref, **matching)
-    caches = [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1]), **matching) for r in refs]
-    refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
-    if len(caches) == 1:
-        cache = caches[0]
-        return lambda tile: net(tile, reference_cache=cache, **matching)
+        return list(refs)
+    kwargs = _matching_kwargs(matching)
+    return [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1]), **kwargs) for r in refs]
+
+
+def reference_runner(net: RefSRModel, prepared: Sequence[Any],
+                     matching: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` over references from :func:`encode_references`.
+
+    With several encoded references each tile is matched against every one and decoded with the one of the
+    best mean match score (``multi_ref="per-tile"``). A model that cannot encode a reference on its own takes
+    several references stitched (:func:`stitch_references`). ``matching`` from :func:`resolve_matching`.
+    """
+    prepared = list(prepared)
+    kwargs = _matching_kwargs(matching)
+    if not prepared:
+        return lambda tile: net(tile, None, **kwargs)
+    if not net.caches_reference:
+        rule = net.size_rule
+        ref = prepared[0]
+        if len(prepared) > 1:
+            ref = pad_to_rule(stitch_references(prepared, rule), rule.ref_multiple, rule.min_ref, rule.pad_mode,
+                              centre=False)[0]
+        return lambda tile: net(tile, ref, **kwargs)
+    if len(prepared) == 1:
+        cache = prepared[0]
+        return lambda tile: net(tile, reference_cache=cache, **kwargs)
 
     def per_tile(tile: torch.Tensor) -> torch.Tensor:
         # Matching is cheap next to decoding: match the tile against every reference, decode with the best.
-        scores = [float(net.match_reference(tile, c, **matching).score.mean()) for c in caches]
+        scores = [float(net.match_reference(tile, c, **kwargs).score.mean()) for c in prepared]
         best = int(np.argmax(scores))
-        return net(tile, reference_cache=caches[best], **matching)
+        return net(tile, reference_cache=prepared[best], **kwargs)
 
     return per_tile
+
+
+def run_tiles(run_tile: Callable[[torch.Tensor], torch.Tensor], xp: torch.Tensor, scale: int, tiles: TilePlan,
+              progress: bool | None) -> torch.Tensor:
+    """``run_tile`` on the padded LR ``xp (N,3,h,w)``, whole or in the tiles of ``tiles`` -> ``(N,3,sh,sw)``."""
+    if tiles.tile is None:
+        return run_tile(xp)
+    return _run_tiled(run_tile, xp, scale, tiles, progress)

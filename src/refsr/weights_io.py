@@ -2,8 +2,10 @@
 can load or save weights without importing the model zoo.
 
 - :func:`read_checkpoint` reads ``.safetensors``, or ``.pth``/``.pt`` with ``torch.load(...,
-  weights_only=True, map_location="cpu")``: a checkpoint is data, and never runs code.
-- :func:`save_safetensors` writes atomically (a temporary file in the destination folder, then a rename).
+  weights_only=True, map_location="cpu")``: a checkpoint is data, and never runs code. torch's warnings and its
+  coloured advice to load with ``weights_only=False`` never reach the user: the error says what the file holds.
+- :func:`save_safetensors` writes atomically (:func:`refsr.io.atomic_output`): any failure, the temporary
+  file's creation included, is one error naming the path and the reason, and leaves nothing behind.
 - :func:`load_state_dict` loads strictly, with one clear error listing what does not fit.
 """
 
@@ -11,13 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Mapping, Union
 
 import torch
 
 from refsr.errors import RefsrError
+from refsr.io import atomic_output, check_output_folder
 
 __all__ = ["read_checkpoint", "save_safetensors", "load_state_dict", "file_sha256", "PathLike"]
 
@@ -52,10 +56,12 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise RefsrError(f"{p}: not a readable safetensors file ({exc})") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (UserWarning) before refusing e.g. a TorchScript archive; the error says it all.
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here (UnpicklingError, RuntimeError, EOFError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RefsrError(f"{p}: not a readable PyTorch checkpoint ({first})") from None
+        raise RefsrError(f"{p}: {_torch_load_problem(exc)}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -65,27 +71,45 @@ def read_checkpoint(path: PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _torch_load_problem(exc: Exception) -> str:
+    """What is wrong with a checkpoint ``torch.load(weights_only=True)`` refused, in one line without colours.
+
+    torch's own message is several lines of advice (in terminal colours) to load with ``weights_only=False``,
+    which would run the file's code: refsr never does, so the advice is left out.
+    """
+    text = _ANSI_ESCAPE.sub("", str(exc))
+    pickled = _UNSUPPORTED_GLOBAL.search(text)
+    if pickled:
+        return (f"the checkpoint holds pickled Python objects ({pickled.group(1)}), which refsr does not load "
+                "(it never runs a checkpoint's code); save only the model's state_dict, or a .safetensors file")
+    if "TorchScript" in text:
+        return "a TorchScript archive, not a checkpoint of weights; save the model's state_dict instead"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return f"not a readable PyTorch checkpoint ({first})"
+
+
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: PathLike, metadata: dict | None = None) -> Path:
-    """Write ``state_dict`` as safetensors atomically (temporary file in the same folder, then rename)."""
+    """Write ``state_dict`` as safetensors atomically (temporary file in the same folder, then rename).
+
+    Raises:
+        RefsrError: the folder is missing or cannot be written, or the write failed (path and reason).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     p = Path(path)
-    if not p.parent.is_dir():
-        raise RefsrError(f"{p}: the output folder {p.parent} does not exist")
+    check_output_folder(p.parent if str(p.parent) else Path("."), for_file=p)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, p)
-    except BaseException as exc:
+    with atomic_output(p) as tmp:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise RefsrError(f"{p}: cannot write ({exc.strerror or exc})") from None
-        raise
+            save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) as its own error
+            raise RefsrError(f"{p}: cannot write ({exc})") from None
     return p
 
 

@@ -209,3 +209,43 @@ def test_dispatcher_routes_to_dense_and_mem():
     assert torch.equal(dense.index, match_dense(query, key).index)
     mem = match(query, key, method="mem")
     assert torch.equal(mem.index, match_mem(query, key).index)
+
+
+def brute_force_inside_patches(query: torch.Tensor, key: torch.Tensor, chunk: int):
+    """C2-Matching's matching, literally: unfold without padding, key patches over (norm + 1e-5), conv in
+    chunks of key patches, strict '>' across chunks; index in the (H-2) x (W-2) grid of inside patches."""
+    n = query.shape[0]
+    index = []
+    for b in range(n):
+        patches = key[b].unfold(1, 3, 1).unfold(2, 3, 1).reshape(key.shape[1], -1, 3, 3).permute(0, 2, 3, 1)
+        best_val = best_idx = None
+        for start in range(0, patches.shape[-1], chunk):
+            part = patches[..., start : start + chunk]
+            part = part / (part.norm(p=2, dim=(0, 1, 2)) + 1e-5)
+            corr = torch.nn.functional.conv2d(query[b : b + 1], part.permute(3, 0, 1, 2))[0]
+            val, idx = corr.max(dim=0)
+            if best_val is None:
+                best_val, best_idx = val, idx
+            else:
+                better = val > best_val
+                best_val[better], best_idx[better] = val[better], idx[better] + start
+        index.append(best_idx)
+    return torch.stack(index)
+
+
+def test_key_margin_keeps_the_inside_patches_as_c2_matching_does():
+    gen = torch.Generator().manual_seed(11)
+    query = torch.nn.functional.normalize(torch.randn(2, 5, 6, 7, generator=gen, dtype=torch.float64), dim=1)
+    key = torch.nn.functional.normalize(torch.randn(2, 5, 8, 9, generator=gen, dtype=torch.float64), dim=1)
+    corr = match_dense(query, key, key_margin=1, max_bytes=2000)
+    # Per-pixel normalised maps: every inside patch has norm 3, so the official +1e-5 changes no argmax.
+    expected = brute_force_inside_patches(query, key, chunk=7)  # (2, 4, 5) in the 6 x 7 inside grid
+    my, mx = corr.index // 9, corr.index % 9
+    assert int(my.min()) >= 1 and int(my.max()) <= 6 and int(mx.min()) >= 1 and int(mx.max()) <= 7
+    inside = (my - 1) * 7 + (mx - 1)
+    assert torch.equal(inside[:, 1:-1, 1:-1], expected)
+    # Without the margin, border keys win somewhere on random data.
+    assert not torch.equal(match_dense(query, key).index, corr.index)
+    with pytest.raises(RefsrError, match="key_margin"):
+        match_dense(query, key, key_margin=4)
+    assert DenseMatcher(key_margin=1)(query, key).index.equal(corr.index)

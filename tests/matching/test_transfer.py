@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from refsr.errors import RefsrError
 from refsr.matching.correspondence import Correspondence
 from refsr.matching.mem import match_mem
-from refsr.matching.transfer import MASATransfer, masa_transfer
+from refsr.matching.transfer import MASATransfer, fold_transfer, masa_transfer
 
 
 def reference_transfer(corr: Correspondence, ref_feats, scales):
@@ -189,6 +189,11 @@ def test_module_wrapper_and_errors():
         masa_transfer(corr, [refs[0], refs[2], refs[1]])  # sizes do not fit the scales
     with pytest.raises(RefsrError, match="floating point"):
         masa_transfer(corr, [(r * 10).long() for r in refs])
+    # Scores and features of different precision (mixed-precision training): the output follows the features.
+    mixed = masa_transfer(corr, [r.float() for r in refs])
+    for low, exact in zip(mixed, masa_transfer(corr, refs)):
+        assert low.dtype == torch.float32
+        torch.testing.assert_close(low.double(), exact, rtol=1e-5, atol=1e-6)
 
 
 def test_maps_of_another_dtype_than_the_score():
@@ -201,3 +206,41 @@ def test_maps_of_another_dtype_than_the_score():
         for out, want in zip(outputs, expected):
             assert out.dtype == dtype
             torch.testing.assert_close(out.double(), want, rtol=tolerance, atol=tolerance * want.abs().max().item())
+
+
+@pytest.mark.parametrize("n, h, w, height, width", [(2, 5, 6, 7, 4), (1, 3, 3, 3, 5)])
+def test_fold_transfer_equals_ttsr_unfold_gather_fold(n, h, w, height, width):
+    """TTSR's SearchTransfer: unfold (3s, padding s, stride s), gather the matched columns, fold, / 9."""
+    gen = torch.Generator().manual_seed(h * w)
+    index = torch.randint(0, height * width, (n, h, w), generator=gen)
+    corr = Correspondence(index, torch.zeros(n, h, w, dtype=torch.float64), (height, width))
+    feats = [torch.randn(n, 2 + s, s * height, s * width, generator=gen, dtype=torch.float64, requires_grad=True)
+             for s in (1, 2, 4)]
+    outputs = fold_transfer(corr, feats)
+    for s, feat, out in zip((1, 2, 4), feats, outputs):
+        columns = F.unfold(feat, 3 * s, padding=s, stride=s)
+        taken = torch.gather(columns, 2, index.view(n, 1, -1).expand(-1, columns.shape[1], -1))
+        expected = F.fold(taken, (s * h, s * w), 3 * s, padding=s, stride=s) / 9
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+        grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+        got, want = torch.autograd.grad(out, feat, grad)[0], torch.autograd.grad(expected, feat, grad)[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_fold_transfer_of_the_identity_is_the_map_times_overlap_over_9():
+    """Matching every position to itself pastes the Ref back; the border has fewer overlapping patches
+    (4 in the corners, 6 on the edges) and the official divisor stays 9."""
+    h, w = 4, 5
+    index = torch.arange(h * w).view(1, h, w)
+    corr = Correspondence(index, torch.zeros(1, h, w), (h, w))
+    ref = torch.rand(1, 3, h, w, dtype=torch.float64)
+    (out,) = fold_transfer(corr, [ref], scales=(1,))
+    count = torch.full((h, w), 9.0, dtype=torch.float64)
+    count[0, :] -= 3
+    count[-1, :] -= 3
+    count[:, 0] -= 3
+    count[:, -1] -= 3
+    count[0, 0] = count[0, -1] = count[-1, 0] = count[-1, -1] = 4
+    torch.testing.assert_close(out, ref * count / 9)
+    with pytest.raises(RefsrError, match="must be"):
+        fold_transfer(corr, [ref[..., :-1]], scales=(1,))

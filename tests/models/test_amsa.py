@@ -28,7 +28,7 @@ from refsr.models.amsa import (
 )
 from refsr.ops import deform_conv2d
 
-KEYS = Path("/work/shared/reference/keys")
+KEYS = Path(__file__).resolve().parents[1] / "assets" / "keys"
 GOLDEN = Path(__file__).parent / "golden" / "amsa_tiny.safetensors"
 TINY = dict(ngf=8, n_blocks=1, groups=8)
 
@@ -44,11 +44,8 @@ def _one_thread():
 
 
 def official_keys(name: str) -> dict[str, tuple[int, ...]]:
-    """``{key: shape}`` from a keys/*.txt listing; falls back to the layout written out here when the
-    shared reference folder is absent."""
+    """``{key: shape}`` from an official key listing in tests/assets/keys (see tests/assets/README.md)."""
     path = KEYS / f"{name}.txt"
-    if not path.exists():
-        pytest.skip(f"{path} is not available")
     table = {}
     for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):

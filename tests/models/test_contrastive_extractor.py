@@ -16,7 +16,7 @@ from refsr.models.contrastive_extractor import (
     convert_official_contrastive_extractor,
 )
 
-KEYS = Path("/work/shared/reference/keys/AMSA_ContrasExtractorSep.txt")
+KEYS = Path(__file__).resolve().parents[1] / "assets" / "keys" / "AMSA_ContrasExtractorSep.txt"
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 # (name, in, out) of VGG16's convolutions up to conv3_1, the official ``model.<name>`` keys.
@@ -58,13 +58,12 @@ def test_parameter_count_and_official_key_layout() -> None:
     model = ContrastiveExtractor()
     assert sum(p.numel() for p in model.parameters()) == EXTRACTOR_PARAMETERS == 1_110_656
     assert len(model.state_dict()) == 20  # the normalisation constants are not saved
-    if KEYS.exists():
-        listed = {}
-        for line in KEYS.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                key, shape = line.split(" ", 1)
-                listed[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
-        assert {k: tuple(v.shape) for k, v in official_state().items()} == listed
+    listed = {}
+    for line in KEYS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, shape = line.split(" ", 1)
+            listed[key] = tuple(int(v) for v in shape.strip("()").split(",") if v.strip())
+    assert {k: tuple(v.shape) for k, v in official_state().items()} == listed
 
 
 def test_converted_weights_reproduce_both_official_branches() -> None:

@@ -56,6 +56,7 @@ from pathlib import Path
 from refsr.data.cache import MANIFEST_DIR, MARKER_NAME, STATE_NAME, PathLike, data_root, is_complete
 from refsr.data.rcc import RccBundle, extract_rcc
 from refsr.errors import RefsrError
+from refsr.io import atomic_output
 
 __all__ = [
     "Package",
@@ -245,18 +246,8 @@ def _tree_bytes(folder: Path) -> tuple[int, int]:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half of it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    try:
-        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
 
 
 def _read_json(path: Path) -> dict:

@@ -19,7 +19,8 @@ pipelines make them (PIL bicubic on 8-bit images, :mod:`refsr.data.degrade`):
 4. **Ref** = the pre-scaled reference, mod-cropped to ``multiple`` too; ``ref_down = make_lr(ref, scale)``
    when ``with_ref_down=True``.
 
-Video is decoded with PyAV frame by frame. A frame's index is its position in the decoder's output, from 0
+Video is decoded with PyAV frame by frame (or read from a data pack's decoded frames, :mod:`refsr.data.packed`,
+which needs no PyAV). A frame's index is its position in the decoder's output, from 0
 (so ``tree.avi`` has its 68 real frames, not the 444 a constant-rate reader makes up). Random access seeks
 to the key frame before the wanted frame and decodes forward, checked against a table of every frame's
 timestamp built once per video; when the check fails the video is decoded from its start instead.
@@ -50,6 +51,7 @@ from torch.utils.data import Dataset
 from refsr.data.cache import PathLike, data_root, is_complete
 from refsr.data.degrade import make_lr, mod_crop, to_tensor
 from refsr.data.fetch import read_manifest
+from refsr.data.packed import frame_key, pack_index, packed_image
 from refsr.errors import RefsrError
 from refsr.io import read_image
 
@@ -361,6 +363,12 @@ class OpenPairs(Dataset):
                 raise RefsrError(
                     f"{self.root}: none of the selected open pairs is fetched; run 'refsr data fetch'"
                 )
+        pack = pack_index(self.root)
+        if pack is not None:  # a data pack: the pairs whose images it holds (it says which it dropped, if any)
+            rows = [r for r in rows if all((frame_key(r[c], int(r[f"{c}_index"])) if r[f"{c}_index"] else r[c])
+                                           in pack for c in ("target", "ref"))]
+            if not rows:
+                raise RefsrError(f"{self.root}: the data pack holds none of the selected open pairs")
         self.rows = rows
         self._videos: dict[Path, VideoFrames] = {}
 
@@ -385,7 +393,14 @@ class OpenPairs(Dataset):
         return 2 if suffix in _LOSSY_STILLS else 1
 
     def _load(self, path: str, index: str) -> np.ndarray:
-        """The target or reference as ``HxWx3`` uint8 RGB (a video frame when ``index`` is set)."""
+        """The target or reference as ``HxWx3`` uint8 RGB (a video frame when ``index`` is set), from a data
+        pack when the root is one that holds it (stored as read here: not pre-scaled)."""
+        packed = packed_image(self.root, frame_key(path, int(index)) if index else path)
+        if packed is not None:
+            image, applied = packed
+            if applied != 1:
+                raise RefsrError(f"{self.root}: the pack stores {path} pre-scaled; open pairs read it as it is")
+            return image
         full = self.root / path
         if "*" in path:
             files = _sequence_files(full)
@@ -422,7 +437,8 @@ class OpenPairs(Dataset):
         row = self.rows[index]
         target_factor = self._prescale_for(row["target"])
         # The reference is pre-scaled like the target, so their relative scale stays the real one.
-        if row["target"] == row["ref"] and Path(row["target"]).suffix.lower() in _VIDEO_SUFFIXES:
+        same_video = row["target"] == row["ref"] and Path(row["target"]).suffix.lower() in _VIDEO_SUFFIXES
+        if same_video and pack_index(self.root) is None:
             # Two frames of one video: one pass of seeking and decoding gets both.
             target, ref = self._video(row["target"]).read([int(row["target_index"]), int(row["ref_index"])])
         else:

@@ -23,10 +23,8 @@ RefSR-Net works at x8, the default here.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,6 +34,7 @@ import torch
 from refsr.data.degrade import make_lr, mod_crop
 from refsr.data.standard import PathLike, SeededDataset, list_images, read_rgb, resolve_root
 from refsr.errors import RefsrError
+from refsr.io import atomic_output, check_output_folder
 
 __all__ = ["FLO_MAGIC", "read_flo", "write_flo", "decode_flo", "encode_flo", "SintelPairs"]
 
@@ -109,17 +108,9 @@ def write_flo(path: PathLike, flow: np.ndarray | torch.Tensor) -> Path:
     """Write ``flow`` as a Middlebury ``.flo`` file, atomically (temporary file, then rename)."""
     p = Path(path)
     data = encode_flo(flow)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise RefsrError(f"{p}: the output folder {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_output_folder(p.parent if str(p.parent) else Path("."), for_file=p)
+    with atomic_output(p) as tmp:
+        tmp.write_bytes(data)
     return p
 
 

@@ -24,7 +24,8 @@ for the rotation, the corner moves and the position, on a region just large enou
 (:meth:`SyntheticRefConfig.identity`) the reference is exactly the target crop.
 
 Photos are pre-scaled like :class:`~refsr.data.open_pairs.OpenPairs`: JPEG and WebP halved with PIL bicubic
-(to suppress their compression artefacts), lossless photos kept; ``prescale`` overrides. LR is
+(to suppress their compression artefacts), lossless photos kept; ``prescale`` overrides. A data pack
+(:mod:`refsr.data.packed`) stores them pre-scaled already. LR is
 ``make_lr(HR, scale)``; ``ref_down`` is ``make_lr(ref, scale)``.
 
 Determinism: every random choice of sample ``index`` comes from ``numpy.random.default_rng((seed, epoch,
@@ -47,6 +48,7 @@ from torch.utils.data import Dataset
 from refsr.data.cache import PathLike, data_root, is_complete
 from refsr.data.degrade import make_lr, mod_crop, to_tensor
 from refsr.data.fetch import read_manifest
+from refsr.data.packed import pack_index, packed_image
 from refsr.errors import RefsrError
 from refsr.io import read_image
 
@@ -266,6 +268,7 @@ class _Photo:
     factor: int  # pre-scale factor
     grey: bool
     name: str
+    packed: tuple[Path, str] | None = None  # (data pack root, key) when a pack stores it pre-scaled
 
 
 class SyntheticRefPairs(Dataset):
@@ -323,10 +326,14 @@ class SyntheticRefPairs(Dataset):
                 f"{root}: the photos of {', '.join(missing)} are not fetched; run 'refsr data fetch{subset}'"
             )
         rows = [r for r in rows if r["path"].split("/", 1)[0] not in missing]
+        pack = pack_index(root)
+        if pack is not None:  # a data pack: the photos it holds (it says which it dropped, if any)
+            rows = [r for r in rows if r["path"] in pack]
         if not rows:
             raise RefsrError(f"{root}: none of the selected photos is fetched; run 'refsr data fetch'")
         photos = [
-            (root / r["path"], int(r["width"]), int(r["height"]), r["mode"] == "L", Path(r["path"]).stem)
+            (root / r["path"], int(r["width"]), int(r["height"]), r["mode"] == "L", Path(r["path"]).stem,
+             None if pack is None else (root, r["path"]))
             for r in rows
         ]
         self._setup(photos, config, scale, seed, samples_per_photo, prescale, with_ref_down)
@@ -352,7 +359,7 @@ class SyntheticRefPairs(Dataset):
                     width, height, grey = img.width, img.height, img.mode in ("L", "LA", "I", "I;16", "1")
             except (OSError, ValueError) as exc:
                 raise RefsrError(f"{path}: cannot read the photo ({exc})") from exc
-            photos.append((path, width, height, grey, path.stem))
+            photos.append((path, width, height, grey, path.stem, None))
         if not photos:
             raise RefsrError("from_paths needs at least one photo")
         self = cls.__new__(cls)
@@ -380,9 +387,9 @@ class SyntheticRefPairs(Dataset):
         need = self._worst_case_need()
         self.photos: list[_Photo] = []
         self.skipped: list[Path] = []
-        for path, width, height, grey, name in photos:
+        for path, width, height, grey, name, packed in photos:
             factor = prescale if prescale != "auto" else (2 if path.suffix.lower() in _LOSSY else 1)
-            photo = _Photo(path, width // factor, height // factor, factor, grey, name)
+            photo = _Photo(path, width // factor, height // factor, factor, grey, name, packed)
             if min(photo.width, photo.height) >= need:
                 self.photos.append(photo)
             else:
@@ -482,12 +489,17 @@ class SyntheticRefPairs(Dataset):
         Pre-scaling a crop with 4 pre-scaled pixels of margin, aligned to the pre-scale factor, gives exactly
         the pixels of pre-scaling the whole photo (PIL's ×1/2 bicubic reaches 2 output pixels).
         """
+        x0, y0, x1, y1 = box
+        if photo.packed is not None:  # a data pack stores the photo pre-scaled already
+            img, applied = packed_image(photo.packed[0], photo.packed[1])  # type: ignore[misc]
+            if applied != photo.factor or img.shape[:2] != (photo.height, photo.width):
+                raise RefsrError(f"{photo.path}: the data pack's copy does not fit the manifest; make the pack again")
+            return img[y0:y1, x0:x1]
         img = read_image(photo.path)
         if img.shape[0] // photo.factor != photo.height or img.shape[1] // photo.factor != photo.width:
             raise RefsrError(
                 f"{photo.path}: the photo is {img.shape[1]}x{img.shape[0]}, the manifest says otherwise"
             )
-        x0, y0, x1, y1 = box
         f = photo.factor
         if f == 1:
             return img[y0:y1, x0:x1]

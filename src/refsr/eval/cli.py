@@ -45,9 +45,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         action="append",
-        required=True,
+        default=None,
         metavar="NAME",
-        help=f"dataset(s), repeated or comma-separated: {', '.join(EVAL_DATASETS)}; each is a column",
+        help=f"dataset(s), repeated or comma-separated: {', '.join(EVAL_DATASETS)}; each is a column "
+        "(required unless --video)",
     )
     parser.add_argument(
         "--root",
@@ -151,6 +152,26 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write crops (LR↑ | SR | HR | Ref) and correspondence figures under DIR",
     )
+    video = parser.add_argument_group(
+        "video (--video: the open benchmark's clips upscaled with high-resolution stills; see refsr.eval.video)"
+    )
+    video.add_argument("--video", action="store_true",
+                       help="evaluate video: stills every --still-every frames, the rest as a x4 LR clip; methods "
+                            "bicubic, self-reference, stills, stills + temporal; scores by distance to a still "
+                            "and flicker (--limit: clips)")
+    video.add_argument("--split", default="eval", choices=("eval", "cgi"),
+                       help="--video: the clips of the eval split or the computer-generated ones (default: "
+                            "%(default)s)")
+    video.add_argument("--clips", action="append", default=None, metavar="NAME",
+                       help="--video: only these clips (e.g. vtest,tree), repeated or comma-separated")
+    video.add_argument("--still-every", type=int, default=16, metavar="K",
+                       help="--video: a still every K frames (default: %(default)s)")
+    video.add_argument("--frames", type=int, default=49, metavar="N",
+                       help="--video: at most N frames per clip (default: %(default)s: three intervals)")
+    video.add_argument("--start", type=int, default=0, metavar="F",
+                       help="--video: skip the first F frames of each clip (default: %(default)s)")
+    video.add_argument("--max-memory", default="4G", metavar="SIZE",
+                       help="--video: the memory budget per frame, as refsr upscale (default: %(default)s)")
     parser.add_argument(
         "--figure-count",
         type=int,
@@ -188,7 +209,11 @@ def main_eval(args: argparse.Namespace) -> int:
     from refsr.eval.suite import _check_json_path, run_suite, write_json
     from refsr.inference import resolve_model
 
+    if args.video:
+        return _main_video(args)
     datasets = _split(args.dataset)
+    if not datasets:
+        raise RefsrError("give --dataset NAME (or --video for the video clips)")
     # Cheap checks first: a typo should not wait for the model's weights to load.
     for name in datasets:
         if name.lower() not in EVAL_DATASETS:
@@ -233,4 +258,40 @@ def main_eval(args: argparse.Namespace) -> int:
         print(f"\nJSON report: {path}")
     if report.figures:
         print(f"figures: {len(report.figures)} files under {args.figures}")
+    return 0
+
+
+def _main_video(args: argparse.Namespace) -> int:
+    """``refsr eval --video``: :func:`refsr.eval.video.evaluate_video` from the command line."""
+    from refsr.eval.suite import _check_json_path, write_json
+    from refsr.eval.video import evaluate_video
+    from refsr.inference import parse_memory, resolve_device, resolve_model
+
+    if args.dataset:
+        raise RefsrError("--video evaluates the open benchmark's clips; leave out --dataset")
+    if args.json is not None:
+        _check_json_path(Path(args.json))
+    budget = parse_memory(args.max_memory)
+    device = resolve_device(args.device)
+    model = resolve_model(args.model, args.weights)
+    roots = args.root or []
+    if len(roots) > 1:
+        raise RefsrError("--video takes one --root (the data cache)")
+
+    def news(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    report = evaluate_video(
+        model, split=args.split, root=roots[0] if roots else None, spacing=args.still_every, frames=args.frames,
+        start=args.start, limit=args.limit, clips=_split(args.clips) or None, sources=_split(args.sources) or None,
+        device=device, max_memory=budget, protocol=args.protocol, figures=args.figures,
+        progress=news if sys.stderr.isatty() else None,
+    )
+    report.settings.update({"model": _model_label(args.model, args.weights)})
+    _print(report.render())
+    if args.json is not None:
+        print(f"\nJSON report: {write_json(args.json, report.to_dict())}")
+    if report.figures:
+        print(f"figures: {', '.join(report.figures)}")
     return 0

@@ -18,7 +18,8 @@ reference photo adds to a degraded input. Ref↓ and the HR are unchanged.
 An evaluation *protocol* fixes two things at once: how the dataset sizes its images (the official test
 loader's padding or cropping, :mod:`refsr.data.standard`) and how PSNR/SSIM are computed
 (:mod:`refsr.metrics`). :data:`EVAL_PROTOCOLS` maps each name to that pair: ``datsr`` scores like C2-Matching
-and loads like it too, since DATSR is built on C2-Matching's code.
+(DATSR is built on its code) but loads like AMSA: DATSR's ``mod_crop`` cuts the HR and the Ref to multiples of
+``scale * 8`` = 32 (so that its Swin windows tile every scale), where C2-Matching's cuts to 4.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
     "ttsr": EvalProtocol("ttsr", "ttsr", get_protocol("ttsr")),
     "c2": EvalProtocol("c2", "c2", get_protocol("c2")),
     "amsa": EvalProtocol("amsa", "amsa", get_protocol("amsa")),
-    "datsr": EvalProtocol("datsr", "c2", get_protocol("datsr")),
+    "datsr": EvalProtocol("datsr", "amsa", get_protocol("datsr")),
 }
 
 

@@ -50,6 +50,8 @@ __all__ = [
     "crops_figure",
     "dense_correspondence",
     "grid_points",
+    "fit_panel",
+    "labelled_row",
     "simple_features",
     "texture_box",
 ]
@@ -90,7 +92,7 @@ def texture_box(hr: np.ndarray, side: int) -> tuple[int, int]:
     return best // sums.shape[1], best % sums.shape[1]
 
 
-def _fit(image: np.ndarray, width: int, height: int) -> Image.Image:
+def fit_panel(image: np.ndarray, width: int, height: int) -> Image.Image:
     """``image`` shrunk (or enlarged) to fit ``width x height`` with its aspect kept, centred on white."""
     pil = Image.fromarray(image)
     ratio = min(width / pil.width, height / pil.height)
@@ -141,12 +143,19 @@ def crops_figure(
         Image.fromarray(np.ascontiguousarray(img[top : top + side, left : left + side]))
         for img in (lr_up, sr, hr)
     ]
-    panels.append(_fit(ref, side, side))
-    figure = Image.new("RGB", (4 * side + 3 * gap, side + label_height), _BACKGROUND)
+    panels.append(fit_panel(ref, side, side))
+    return labelled_row(panels, labels, gap=gap, label_height=label_height)
+
+
+def labelled_row(panels: Sequence[Image.Image], labels: Sequence[str], *, gap: int = PANEL_GAP,
+                 label_height: int = LABEL_HEIGHT) -> Image.Image:
+    """Equal-size panels side by side on white, ``gap`` apart, each with its title in a strip above."""
+    width, height = panels[0].size
+    figure = Image.new("RGB", (len(panels) * width + (len(panels) - 1) * gap, height + label_height), _BACKGROUND)
     draw = ImageDraw.Draw(figure)
     font = ImageFont.load_default()
     for i, (panel, label) in enumerate(zip(panels, labels)):
-        x = i * (side + gap)
+        x = i * (width + gap)
         figure.paste(panel, (x, label_height))
         draw.text((x + 2, 1), str(label), fill=(0, 0, 0), font=font)
     return figure

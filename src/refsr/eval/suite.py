@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from refsr.eval.robustness import RefTransform, parse_robustness
 from refsr.eval.runner import RunResult, evaluate, safe_name
 from refsr.eval.tables import Table
 from refsr.hub import create_model
+from refsr.io import atomic_output, check_output_folder
 from refsr.models import RefSRModel
 from refsr.models.bicubic import BicubicUpsampler
 
@@ -131,29 +131,17 @@ def write_json(path: PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically (temporary file in the same folder, then rename)."""
     target = Path(path)
     _check_json_path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(target) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, ensure_ascii=False, allow_nan=False)
             fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return target
 
 
 def _check_json_path(target: Path) -> None:
-    parent = target.parent if str(target.parent) else Path(".")
     if target.is_dir():
         raise RefsrError(f"{target}: is a folder; give a file name for the JSON report")
-    if not parent.is_dir():
-        raise RefsrError(f"{target}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RefsrError(f"{target}: the folder {parent} cannot be written")
+    check_output_folder(target.parent if str(target.parent) else Path("."), for_file=target)
 
 
 def _check_output_folder(folder: Path, option: str) -> None:

@@ -35,6 +35,7 @@ def match_dense(
     patch_size: int = 3,
     max_bytes: int = DEFAULT_MAX_BYTES,
     key_patch_norm_eps: float = DEFAULT_NORM_EPS,
+    key_margin: int = 0,
 ) -> Correspondence:
     """Top-1 cosine match of every query patch among all key patches.
 
@@ -63,6 +64,9 @@ def match_dense(
         max_bytes: working-memory budget of one chunk, in bytes.
         key_patch_norm_eps: lower bound on every patch norm (query and key) before dividing;
             default ``1e-12``, the default of ``F.normalize``.
+        key_margin: only key patches centred at least this far from the key's border are candidates;
+            ``patch_size // 2`` keeps the patches that lie wholly inside the key, as C2-Matching's
+            matching (``F.unfold`` without padding) has them. The index still counts in the whole key.
 
     Returns:
         :class:`Correspondence` with ``index`` ``(N, h, w)`` int64 flat key positions ``y * W + x`` and
@@ -75,13 +79,27 @@ def match_dense(
     n, c, h, w = query.shape
     height, width = key.shape[-2:]
     radius = patch_size // 2
-    key_positions = height * width
+    if isinstance(key_margin, bool) or not isinstance(key_margin, int) or key_margin < 0 \
+            or min(height, width) <= 2 * key_margin:
+        raise RefsrError(f"key_margin must be a non-negative int leaving some of the {height}x{width} key; "
+                         f"got {key_margin!r}")
+    # Flat key positions that are candidates (all of them without a margin).
+    candidates = None
+    if key_margin:
+        rows = torch.arange(key_margin, height - key_margin, device=key.device)
+        cols = torch.arange(key_margin, width - key_margin, device=key.device)
+        candidates = (rows[:, None] * width + cols[None, :]).flatten()
+    key_positions = height * width if candidates is None else candidates.numel()
 
     with torch.no_grad():
         key_padded = F.pad(key.detach(), (radius,) * 4)
         # (N, C*p*p, H*W), normalised in place so that only one copy of the big matrix ever exists.
         key_cols = F.unfold(key_padded, patch_size)
-        key_cols.div_(patch_norms(key_padded, patch_size).clamp_min(key_patch_norm_eps).unsqueeze(1))
+        key_norms = patch_norms(key_padded, patch_size)
+        if candidates is not None:
+            key_cols, key_norms = key_cols[:, :, candidates], key_norms[:, candidates]
+        key_cols.div_(key_norms.clamp_min(key_patch_norm_eps).unsqueeze(1))
+        del key_norms
         # Query normalisation is a positive factor per query row: it cannot change the argmax, so the
         # search skips it and the score below supplies the true cosine.
         query_padded = F.pad(query.detach(), (radius,) * 4)
@@ -107,6 +125,8 @@ def match_dense(
             index[:, start:stop] = similarity.argmax(dim=2)
             del query_cols
         del key_cols, similarity_buffer
+        if candidates is not None:
+            index = candidates[index]
         index = index.view(n, h, w)
 
     score = patch_cosine_at(
@@ -128,12 +148,14 @@ class DenseMatcher(nn.Module):
         patch_size: int = 3,
         max_bytes: int = DEFAULT_MAX_BYTES,
         key_patch_norm_eps: float = DEFAULT_NORM_EPS,
+        key_margin: int = 0,
     ) -> None:
         super().__init__()
         check_patch_size(patch_size)
         self.patch_size = patch_size
         self.max_bytes = max_bytes
         self.key_patch_norm_eps = key_patch_norm_eps
+        self.key_margin = key_margin
 
     def forward(self, query: torch.Tensor, key: torch.Tensor) -> Correspondence:
         return match_dense(
@@ -142,7 +164,8 @@ class DenseMatcher(nn.Module):
             patch_size=self.patch_size,
             max_bytes=self.max_bytes,
             key_patch_norm_eps=self.key_patch_norm_eps,
+            key_margin=self.key_margin,
         )
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, max_bytes={self.max_bytes}"
+        return f"patch_size={self.patch_size}, max_bytes={self.max_bytes}, key_margin={self.key_margin}"

@@ -1,4 +1,12 @@
-"""MASA-SR's texture transfer: paste the matched Ref patches back onto the LR grid, block by block.
+"""Texture transfer: paste the matched Ref patches back onto the LR grid (MASA-SR's and TTSR's).
+
+:func:`fold_transfer` is TTSR's hard attention: every query position takes
+the ``3s x 3s`` patch of a Ref map at ``s`` times the matching resolution around its match, the patches are
+summed where they overlap (``F.fold``, kernel ``3s``, stride ``s``, padding ``s``) and the sum is divided by
+9 everywhere, also on the border where fewer patches overlap. It is computed like :func:`masa_transfer`
+below: each output pixel as a weighted sum of the (at most) 9 Ref pixels that fold onto it.
+
+:func:`masa_transfer` is MASA-SR's, block by block:
 
 Given a :func:`refsr.matching.mem.match_mem` correspondence and Ref feature maps at ``s`` times the Ref↓
 size (MASA's Ref encoder L3, L2, L1 for ``s`` = 1, 2, 4), this produces, for every ``s``, a map at ``s``
@@ -37,7 +45,7 @@ from torch import nn
 from refsr.errors import RefsrError
 from refsr.matching.correspondence import Correspondence
 
-__all__ = ["masa_transfer", "MASATransfer"]
+__all__ = ["masa_transfer", "MASATransfer", "fold_transfer"]
 
 _NEEDED_EXTRAS = ("block_size", "block_grid", "window_origin", "window_size", "local_index")
 
@@ -176,3 +184,73 @@ class MASATransfer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scales={self.scales}"
+
+
+def fold_transfer(corr: Correspondence, ref_feats: Sequence[torch.Tensor], scales: Sequence[int] = (1, 2, 4)
+                  ) -> list[torch.Tensor]:
+    """TTSR's hard-attention transfer of Ref maps along a whole-key correspondence (``SearchTransfer``).
+
+    For scale ``s`` the result equals ``F.fold(T, (s*h, s*w), kernel_size=3s, padding=s, stride=s) / 9``
+    where column ``(i, j)`` of ``T`` is column ``corr.index[i, j]`` of
+    ``F.unfold(ref, kernel_size=3s, padding=s, stride=s)``: output pixel ``(s*a + r, s*b + t)`` sums, over
+    the query positions ``(a + di, b + dj)`` (``di, dj`` in -1, 0, 1) that exist, the Ref pixel
+    ``(s*(my - di) + r, s*(mx - dj) + t)`` of their match ``(my, mx)``, zero where that falls outside the Ref
+    (the unfold's zero padding). Differentiable with respect to ``ref_feats``.
+
+    Args:
+        corr: any correspondence of a query ``(N, C, h, w)`` into a key ``(N, C, H, W)``
+            (:func:`~refsr.matching.dense.match_dense` for TTSR).
+        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``.
+        scales: the integer scale ``s`` of each map, relative to the key.
+
+    Returns:
+        One map per scale, ``(N, C_s, s*h, s*w)``, contiguous, in the order of ``scales``.
+    """
+    scales = tuple(scales)
+    ref_feats = list(ref_feats)
+    if len(ref_feats) != len(scales) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                                            for s in scales):
+        raise RefsrError(f"fold_transfer needs one Ref map per positive integer scale; got {len(ref_feats)} "
+                         f"maps for scales {scales!r}")
+    n, h, w = corr.index.shape
+    height, width = corr.key_size
+    device = corr.index.device
+    # Matches with a border of "no query here", so that shifted windows see the image edge.
+    match_y = corr.index.new_zeros(n, h + 2, w + 2)
+    match_x = corr.index.new_zeros(n, h + 2, w + 2)
+    present = torch.zeros(n, h + 2, w + 2, dtype=torch.bool, device=device)
+    match_y[:, 1:-1, 1:-1] = corr.index // width
+    match_x[:, 1:-1, 1:-1] = corr.index % width
+    present[:, 1:-1, 1:-1] = True
+    # For output cell (a, b) and neighbour (di, dj): the Ref cell whose pixels fold onto it.
+    cell_y, cell_x, cell_ok = [], [], []
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            window = (slice(None), slice(1 + di, 1 + di + h), slice(1 + dj, 1 + dj + w))
+            y, x = match_y[window] - di, match_x[window] - dj
+            cell_y.append(y)
+            cell_x.append(x)
+            cell_ok.append(present[window] & (y >= 0) & (y < height) & (x >= 0) & (x < width))
+    source_y = torch.stack(cell_y, dim=-1)[:, :, None, :, None, :]  # (N, h, 1, w, 1, 9)
+    source_x = torch.stack(cell_x, dim=-1)[:, :, None, :, None, :]
+    source_ok = torch.stack(cell_ok, dim=-1)[:, :, None, :, None, :]
+
+    outputs = []
+    for s, ref in zip(scales, ref_feats):
+        if ref.dim() != 4 or ref.shape[0] != n or tuple(ref.shape[-2:]) != (s * height, s * width):
+            raise RefsrError(
+                f"Ref features for scale {s} must be (N={n}, C, {s * height}, {s * width}); got {tuple(ref.shape)}"
+            )
+        channels, ref_w = ref.shape[1], s * width
+        sub = torch.arange(s, device=device)
+        sample_base = (torch.arange(n, device=device) * (s * height * ref_w)).view(n, 1, 1, 1, 1, 1)
+        rows = source_y * s + sub.view(1, 1, s, 1, 1, 1)
+        cols = source_x * s + sub.view(1, 1, 1, 1, s, 1)
+        source = (sample_base + rows * ref_w + cols).masked_fill(~source_ok, 0)  # 0: its weight is 0
+        weights = (source_ok.to(ref.dtype) / 9).expand(source.shape)
+        del rows, cols
+        table = ref.permute(0, 2, 3, 1).contiguous().view(-1, channels)
+        out = F.embedding_bag(source.reshape(-1, 9), table, per_sample_weights=weights.reshape(-1, 9), mode="sum")
+        del table, source, weights
+        outputs.append(out.view(n, h * s, w * s, channels).permute(0, 3, 1, 2).contiguous())
+    return outputs

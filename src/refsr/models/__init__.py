@@ -5,12 +5,16 @@ To add a family: write ``refsr/models/<family>.py`` with ``@register_model`` bui
 
 from __future__ import annotations
 
+from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import bicubic as _bicubic  # noqa: F401  (registers "bicubic")
+from refsr.models import c2_matching as _c2_matching  # noqa: F401  (registers "c2-matching", "c2-matching-lite")
+from refsr.models import datsr as _datsr  # noqa: F401  (registers "datsr", "datsr-lite")
 from refsr.models import masa as _masa  # noqa: F401  (registers "masa", "masa-lite")
 from refsr.models import refsrnet as _refsrnet  # noqa: F401  (registers "refsrnet", "refsrnet-lite", "srresnet-x8")
-from refsr.models import amsa as _amsa  # noqa: F401  (registers "amsa", "amsa-lite")
 from refsr.models import ssen as _ssen  # noqa: F401  (registers "ssen*" and "rcan*")
+from refsr.models import ttsr as _ttsr  # noqa: F401  (registers "ttsr", "ttsr-lite")
 from refsr.models._base import PaddedInputs, RefSRModel, pad_inputs, run_padded
+from refsr.models._memory import GENERIC_MEMORY_COST, MemoryCost
 from refsr.models._registry import (
     ModelEntry,
     WeightsInfo,
@@ -20,7 +24,6 @@ from refsr.models._registry import (
     register_converter,
     register_model,
 )
-from refsr.models._memory import GENERIC_MEMORY_COST, MemoryCost
 from refsr.models._size import SizeRule, pad_to_rule
 
 __all__ = ["RefSRModel", "SizeRule", "MemoryCost", "GENERIC_MEMORY_COST", "PaddedInputs", "pad_inputs", "pad_to_rule",

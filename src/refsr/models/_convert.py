@@ -1,27 +1,34 @@
-"""What the official-checkpoint converters of several model files share: renaming keys by prefix templates.
+"""What the official-checkpoint converters of the model files share: renaming keys by prefix templates, and
+checking a checkpoint part against the keys and shapes a complete one has.
 
 A converter states its mapping as data: ``(official prefix, our prefix)`` pairs in which ``{a}``, ``{b}`` and
 ``{c}`` stand for a number (a level, a block, a conv) carried from one name to the other, e.g.
-``("enc.blk_L{a}.{b}.conv{c}.", "encoder.level{a}.blocks.{b}.conv{c}.")``. :class:`KeyRenames` compiles the
-pairs once and maps ``<prefix>weight`` / ``<prefix>bias`` keys either way.
+``("enc.blk_L{a}.{b}.conv{c}.", "encoder.level{a}.blocks.{b}.conv{c}.")``; the part after the prefix is the
+parameter's own name (``weight``, ``bias``, ``relative_position_bias_table``), kept as it is.
+:class:`KeyRenames` compiles the pairs once and maps keys either way; :func:`check_keys` raises one
+:class:`~refsr.errors.RefsrError` listing what is missing, unexpected or misshapen.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
-__all__ = ["KeyRenames"]
+import torch
+
+from refsr.errors import RefsrError
+
+__all__ = ["KeyRenames", "check_keys", "listing"]
 
 _NUMBERS = "abc"
 
 
 def _compile(template: str) -> re.Pattern[str]:
-    """A prefix template as a regex matching ``<prefix>weight`` or ``<prefix>bias``."""
+    """A prefix template as a regex matching ``<prefix><name>`` with ``<name>`` one identifier."""
     pattern = re.escape(template)
     for name in _NUMBERS:
         pattern = pattern.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\d+)")
-    return re.compile(pattern + r"(?P<kind>weight|bias)$")
+    return re.compile(pattern + r"(?P<leaf>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
@@ -29,7 +36,7 @@ def _rename(key: str, table: tuple[tuple[re.Pattern[str], str], ...]) -> str | N
         found = pattern.match(key)
         if found:
             groups = found.groupdict()
-            return template.format(**groups) + groups["kind"]
+            return template.format(**groups) + groups["leaf"]
     return None
 
 
@@ -62,3 +69,35 @@ class KeyRenames:
         if official is None:
             raise KeyError(our_key)
         return official
+
+
+def listing(keys: Sequence[str], limit: int = 6) -> str:
+    """``a, b, c, ... (N in all)``: the first ``limit`` keys, sorted."""
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_keys(
+    state_dict: Mapping[str, object],
+    expected: Mapping[str, tuple[int, ...]],
+    *,
+    what: str,
+    optional: Mapping[str, tuple[int, ...]] | None = None,
+) -> None:
+    """Raise :class:`RefsrError` unless ``state_dict`` holds exactly the ``expected`` keys with their shapes.
+
+    Args:
+        state_dict: the checkpoint part, official names.
+        expected: ``{key: shape}`` that must all be there.
+        what: names the checkpoint in the message (``"official TTSR checkpoint (model/TTSR.py)"``).
+        optional: ``{key: shape}`` that may be there (constants the converter drops).
+    """
+    allowed = {**expected, **(optional or {})}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k, v in state_dict.items() if k not in allowed or not isinstance(v, torch.Tensor)]
+    misshapen = [f"{k} {tuple(v.shape)} != {tuple(allowed[k])}" for k, v in state_dict.items()
+                 if k in allowed and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(allowed[k])]
+    problems = [(label, found) for label, found in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshapen)) if found]
+    if problems:
+        raise RefsrError(f"not an {what}: " + "; ".join(f"{label}: {listing(found)}" for label, found in problems))

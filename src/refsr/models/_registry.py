@@ -25,7 +25,7 @@ import torch
 from refsr.errors import RefsrError
 
 __all__ = ["ModelEntry", "WeightsInfo", "register_model", "register_converter", "get_entry", "list_models",
-           "describe_models", "model_options", "check_options", "build_variant", "convert_official"]
+           "describe_models", "model_options", "model_scale", "check_options", "build_variant", "convert_official"]
 
 Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
@@ -147,6 +147,19 @@ def _class_options(cls: type) -> list[str]:
     params = inspect.signature(cls.__init__).parameters
     return [n for n, p in params.items()
             if n != "self" and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def model_scale(name: str, overrides: Mapping[str, Any] | None = None) -> int:
+    """The upscaling factor of model ``name`` built with ``overrides``, found without loading anything: the
+    class is built on the meta device, and a timm-style builder's own options (weight files) are left out."""
+    builder = get_entry(name).builder
+    params = inspect.signature(builder).parameters
+    kwargs = dict(overrides or {})
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items()
+                  if k not in params or params[k].kind is inspect.Parameter.VAR_KEYWORD}
+    with torch.device("meta"):
+        return int(builder(**kwargs).scale)
 
 
 def check_options(name: str, overrides: Mapping[str, Any]) -> None:

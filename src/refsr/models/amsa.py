@@ -83,7 +83,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -93,11 +93,15 @@ from refsr.errors import RefsrError
 from refsr.imresize import imresize
 from refsr.matching.patchmatch import DEFAULT_PROXY_DIM, match_patchmatch, resolve_schedule
 from refsr.models._base import RefSRModel
+from refsr.models._blocks import ResBlock, conv2d, lrelu
+from refsr.models._convert import KeyRenames, check_keys, listing
 from refsr.models._registry import build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
-from refsr.models._blocks import ResBlock, conv2d, lrelu
-from refsr.models._convert import KeyRenames
-from refsr.models.contrastive_extractor import ContrastiveExtractor, convert_official_contrastive_extractor
+from refsr.models.contrastive_extractor import (
+    ContrastiveExtractor,
+    WeightsArg,
+    convert_official_contrastive_extractor,
+)
 from refsr.models.vgg import VGG19Features, load_vgg19_weights
 from refsr.ops import deform_conv2d
 
@@ -110,12 +114,14 @@ __all__ = [
     "DynamicAggregation",
     "match_offsets",
     "fusion_weights",
+    "load_frozen_parts",
     "official_similarity",
     "make_ref_scales",
     "amsa",
     "amsa_lite",
     "convert_official_amsa",
     "official_key",
+    "restoration_config",
     "RESTORATION_PARAMETERS",
     "MODES",
 ]
@@ -136,7 +142,6 @@ _TEXTURE_LEVELS = (("relu3_1", 256, 1), ("relu2_1", 128, 2), ("relu1_1", 64, 4))
 #: Official match-patch L2 normalisation epsilon (``F.normalize``'s default).
 _NORM_EPS = 1e-12
 
-WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor], None]
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -216,11 +221,15 @@ class DynamicAggregation(nn.Module):
 
 
 class _AggregationLevel(nn.Module):
-    """One texture level of MSDA (relu3_1, relu2_1 or relu1_1): warp, aggregate, fuse, refine (, upsample)."""
+    """One texture level of MSDA (relu3_1, relu2_1 or relu1_1): warp, aggregate, fuse, refine (, upsample).
 
-    def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool) -> None:
+    Without ``prewarp`` this is C2-Matching's level: the offset branch sees the unwarped texture.
+    """
+
+    def __init__(self, texture_channels: int, ngf: int, n_blocks: int, groups: int, upsample: bool,
+                 prewarp: bool = True) -> None:
         super().__init__()
-        self.prewarp = MatchWarp(texture_channels)
+        self.prewarp = MatchWarp(texture_channels) if prewarp else None
         self.offset_conv1 = conv2d(ngf + texture_channels, texture_channels)
         self.offset_conv2 = conv2d(texture_channels, texture_channels)
         self.aggregate = DynamicAggregation(texture_channels, groups)
@@ -233,7 +242,7 @@ class _AggregationLevel(nn.Module):
     def forward(self, x: torch.Tensor, texture: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``x (M,ngf,H,W)``, ``texture (M,C,H,W)``, ``offsets (M,18,H,W)`` -> ``(M,ngf,2H,2W)`` or
         ``(M,ngf,H,W)`` (no upsampling, the relu1_1 level)."""
-        warped = self.prewarp(texture, offsets)
+        warped = texture if self.prewarp is None else self.prewarp(texture, offsets)
         guide = _lrelu(self.offset_conv1(torch.cat((x, warped), dim=1)))
         del warped
         guide = _lrelu(self.offset_conv2(guide))
@@ -251,18 +260,19 @@ class RestorationNet(nn.Module):
     """AMSA's restoration network (official ``RestorationNet``): content extractor + MSDA + output convs.
 
     With ``ngf=64, n_blocks=16, groups=8`` it has exactly :data:`RESTORATION_PARAMETERS` parameters.
+    ``prewarp=False`` drops the pre-warp DCNs: C2-Matching's ``RestorationNet`` (8,865,547 parameters).
     """
 
-    def __init__(self, ngf: int = 64, n_blocks: int = 16, groups: int = 8) -> None:
+    def __init__(self, ngf: int = 64, n_blocks: int = 16, groups: int = 8, prewarp: bool = True) -> None:
         super().__init__()
         if ngf < 2 or n_blocks < 0:
             raise RefsrError(
                 f"RestorationNet needs ngf >= 2 and n_blocks >= 0; got ngf={ngf}, n_blocks={n_blocks}"
             )
         self.content = ContentExtractor(ngf, n_blocks)
-        self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True)
-        self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True)
-        self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False)
+        self.relu3 = _AggregationLevel(256, ngf, n_blocks, groups, upsample=True, prewarp=prewarp)
+        self.relu2 = _AggregationLevel(128, ngf, n_blocks, groups, upsample=True, prewarp=prewarp)
+        self.relu1 = _AggregationLevel(64, ngf, n_blocks, groups, upsample=False, prewarp=prewarp)
         self.out_conv1 = conv2d(ngf, ngf // 2)
         self.out_conv2 = conv2d(ngf // 2, 3)
         self.reset_parameters()
@@ -738,10 +748,14 @@ class AMSA(RefSRModel):
 # Builders
 
 
-def load_frozen_parts(model: AMSA, extractor_weights: WeightsArg, vgg_weights: WeightsArg) -> AMSA:
-    """Load AMSA's frozen extractors: C2-Matching's ``feature_extraction.pth`` (or a converted file) into the
-    contrastive extractor, an ImageNet VGG19 (torchvision's ``vgg19-dcbb9e9d.pth`` or refsr's layout) into the
-    texture extractor. Either stays as it is when ``None``. Paths may start with ``~`` (config files)."""
+M = TypeVar("M", bound=nn.Module)
+
+
+def load_frozen_parts(model: M, extractor_weights: WeightsArg, vgg_weights: WeightsArg) -> M:
+    """Load the frozen extractors of a model built on C2-Matching's (AMSA, C2-Matching, DATSR): C2-Matching's
+    ``feature_extraction.pth`` (or a converted file) into ``correspondence_extractor``, an ImageNet VGG19
+    (torchvision's ``vgg19-dcbb9e9d.pth`` or refsr's layout) into ``texture_extractor``. Either stays as it is
+    when ``None``. Paths may start with ``~`` (config files). Returns ``model``."""
     if extractor_weights is not None:
         source = os.path.expanduser(extractor_weights) if isinstance(extractor_weights, (str, os.PathLike)) \
             else extractor_weights
@@ -827,13 +841,9 @@ _NET_MAP_BUFFERS = {
 }
 
 
-def _listing(keys: Sequence[str]) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
-
-def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """Official restoration keys and shapes for the ngf / n_blocks / groups the checkpoint was made with."""
+def restoration_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """``ngf``, ``n_blocks`` and ``groups`` of an official ``RestorationNet`` checkpoint (AMSA's or
+    C2-Matching's, official key names); the official values where the checkpoint does not tell."""
     def shape(key: str, dim: int, default: int) -> int:
         value = state_dict.get(key)
         return int(value.shape[dim]) if isinstance(value, torch.Tensor) and value.dim() > dim else default
@@ -842,9 +852,13 @@ def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     groups = max(1, shape("dyn_agg_restore.small_dyn_agg.conv_offset_mask.weight", 0, 216) // 27)
     block = re.compile(r"content_extractor\.body\.(\d+)\.")
     found = [int(m.group(1)) for m in map(block.match, state_dict) if m]
-    n_blocks = max(found) + 1 if found else 16
+    return dict(ngf=ngf, n_blocks=max(found) + 1 if found else 16, groups=groups)
+
+
+def _restoration_skeleton(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Official restoration keys and shapes for the ngf / n_blocks / groups the checkpoint was made with."""
     with torch.device("meta"):
-        net = RestorationNet(ngf, n_blocks, groups)
+        net = RestorationNet(**restoration_config(state_dict))
     return {official_key("restoration." + k): tuple(v.shape) for k, v in net.state_dict().items()}
 
 
@@ -883,7 +897,7 @@ def convert_official_amsa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     texture = {k: v for k, v in state_dict.items() if k.startswith(("vgg.", "feature_match_index."))}
     unknown = [k for k in state_dict if k not in restoration and k not in extractor and k not in texture]
     if unknown or not state_dict:
-        what = f"unexpected keys: {_listing(unknown)}" if unknown else "the state_dict is empty"
+        what = f"unexpected keys: {listing(unknown)}" if unknown else "the state_dict is empty"
         raise RefsrError(
             "not an official AMSA checkpoint (RestorationNet content_extractor.*/dyn_agg_restore.*, "
             f"feature_extraction.pth feature_extraction_image*.*, or net_map vgg.*): {what}"
@@ -898,17 +912,7 @@ def convert_official_amsa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     for part, required, optional, keys in parts_to_convert:
         if not keys:
             continue
-        expected = {**required, **optional}
-        missing = [k for k in required if k not in keys]
-        unexpected = [k for k in keys if k not in expected or not isinstance(keys[k], torch.Tensor)]
-        misshapen = [f"{k} {tuple(v.shape)} != {expected[k]}" for k, v in keys.items()
-                     if k in expected and isinstance(v, torch.Tensor) and tuple(v.shape) != expected[k]]
-        if missing or unexpected or misshapen:
-            problems = (
-                ("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", misshapen)
-            )
-            parts = [f"{what}: {_listing(found)}" for what, found in problems if found]
-            raise RefsrError(f"official AMSA {part}: " + "; ".join(parts))
+        check_keys(keys, required, what=f"official AMSA {part}", optional=optional)
         for key, value in keys.items():
             ours = _RENAMES.to_ours(key)
             if ours is not None:  # None: a net_map buffer, dropped

@@ -84,7 +84,7 @@ from refsr.matching.mem import COARSE_SEARCHES, MEMGeometry, crop_mem_correspond
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
 from refsr.models._blocks import ResBlock, conv2d, conv_relu
-from refsr.models._convert import KeyRenames
+from refsr.models._convert import KeyRenames, listing
 from refsr.models._memory import MemoryCost
 from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
 from refsr.models._size import SizeRule
@@ -1078,22 +1078,22 @@ def masa(**kwargs: Any) -> MASA:
 #: The default model's weights (``refsr/weights/masa-lite.safetensors``); MODEL_CARD.md tells the whole story.
 MASA_LITE_WEIGHTS = WeightsInfo(
     file="masa-lite.safetensors",
-    sha256="eef58c2af64e3ff17fcd0481e348cc2ba9cffb6399536fda1399b6f10b0339f0",
+    sha256="eed1c19fb70cf38fd11c8b657c616ba3787a9ee392cbf69747ef90934bbb6d81",
     parameters=621_187,
     scale=4,
     degradation="bicubic",
-    recipe=("configs/default.yaml",),
-    hardware="one CPU thread of a 2-core machine",
-    training_time="93 min",
-    training_data="open benchmark, training split only: 153 photos with synthetic references (weight 0.7) and "
-                  "68 CGI video frame pairs (0.3)",
+    recipe=("configs/default.yaml", "configs/default-gpu.yaml"),
+    hardware="stage 1: one CPU thread of a 2-core machine; stage 2: one NVIDIA H200",
+    training_time="stage 1: 93 min (2,400 iterations of 4); stage 2: 463 s (3,774 iterations of 16)",
+    training_data="open benchmark, training split only: stage 1, 153 photos with synthetic references (weight "
+                  "0.7) and 68 CGI video frame pairs (0.3); stage 2, the photos with synthetic references alone",
     protocol="masa",
     eval_command="refsr eval --dataset open --baselines --breakdown kind,gap",
     scores={
-        "all": (30.48, 0.866), "video": (30.92, 0.874), "stereo_calib": (24.89, 0.841),
-        "landmark": (27.04, 0.776), "multiview": (27.26, 0.767), "stereo": (28.06, 0.769),
-        "thumbnail": (24.39, 0.711), "flow": (35.22, 0.911),
-        "gap 1": (31.04, 0.875), "gap 4": (30.94, 0.874), "gap 8": (30.96, 0.874), "gap 16": (30.73, 0.871),
+        "all": (31.59, 0.887), "video": (32.03, 0.893), "stereo_calib": (27.13, 0.898),
+        "landmark": (27.25, 0.787), "multiview": (28.04, 0.790), "stereo": (28.51, 0.788),
+        "thumbnail": (24.76, 0.730), "flow": (36.46, 0.921),
+        "gap 1": (32.20, 0.895), "gap 4": (32.06, 0.894), "gap 8": (32.05, 0.894), "gap 16": (31.79, 0.891),
     },
     pairs=356,
 )
@@ -1187,9 +1187,6 @@ def convert_official_masa(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             converted[ours] = value
     missing = sorted(expected - set(state_dict))
     if missing or unexpected:
-        def listing(keys: list[str]) -> str:
-            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
         if len(converted) == 0:
             parts = [f"none of its {len(expected)} keys (enc.*, decoder.*) are there"]
         else:

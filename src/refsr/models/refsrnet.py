@@ -106,7 +106,12 @@ from refsr.matching.correspondence import Correspondence
 from refsr.models._base import RefSRModel
 from refsr.models._registry import build_variant, register_model
 from refsr.models._size import SizeRule
-from refsr.ops.sliding_window import DEFAULT_SIGMA, WEIGHT_MODES, sliding_window_fuse, sliding_window_positions
+from refsr.ops.sliding_window import (
+    DEFAULT_SIGMA,
+    WEIGHT_MODES,
+    sliding_window_fuse,
+    sliding_window_positions,
+)
 from refsr.weights_io import read_checkpoint
 
 __all__ = [

@@ -91,9 +91,9 @@ from torch import nn
 
 from refsr.errors import RefsrError
 from refsr.models._base import RefSRModel
+from refsr.models._blocks import ResBlock, conv2d, lrelu
 from refsr.models._registry import build_variant, register_model
 from refsr.models._size import SizeRule
-from refsr.models._blocks import ResBlock, conv2d, lrelu
 from refsr.ops import DeformConv2d
 
 __all__ = [

@@ -35,6 +35,7 @@ __all__ = [
     "TORCHVISION_FEATURE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TEXTURE_LEVELS",
     "VGG19Features",
     "load_vgg19_weights",
 ]
@@ -44,6 +45,10 @@ _STAGES = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: The VGG19 layers that TTSR, C2-Matching, AMSA and DATSR take their textures from, coarsest first:
+#: (layer, channels, resolution relative to relu3_1).
+TEXTURE_LEVELS: tuple[tuple[str, int, int], ...] = (("relu3_1", 256, 1), ("relu2_1", 128, 2), ("relu1_1", 64, 4))
 
 
 def _layer_table() -> tuple[tuple[str, ...], dict[str, int]]:

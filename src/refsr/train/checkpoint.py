@@ -101,16 +101,16 @@ def write_checkpoint(
         state: the training state (saved as ``state.pt``).
         info: a small JSON-able summary (saved as ``info.json``).
     """
-    root.mkdir(parents=True, exist_ok=True)
     final, new, old = root / name, root / f".{name}.new", root / f".{name}.old"
-    for leftover in (new,):
-        if leftover.exists():
-            shutil.rmtree(leftover)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        if new.exists():
+            shutil.rmtree(new)
         _write_folder(new, weights, state, info)
-    except OSError as exc:
+    except (OSError, RefsrError) as exc:  # save_safetensors reports its own failures as RefsrError
         shutil.rmtree(new, ignore_errors=True)
-        raise RefsrError(f"{final}: cannot write the checkpoint ({exc.strerror or exc})") from None
+        reason = exc.strerror or exc if isinstance(exc, OSError) else exc
+        raise RefsrError(f"{final}: cannot write the checkpoint ({reason})") from None
     if final.exists():
         if old.exists():
             shutil.rmtree(old)

@@ -31,7 +31,6 @@ import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from refsr.errors import RefsrError
+from refsr.io import atomic_output
 from refsr.train import checkpoint
 from refsr.train.builders import lr_factor
 from refsr.train.config import config_to_dict, load_config
@@ -96,8 +96,9 @@ class TrainState:
 class IterationRecord:
     """What one iteration did (the same on every process: losses are averaged over processes).
 
-    ``throughput`` holds ``samples_per_second`` (samples of this iteration over all processes, per second of
-    its wall time) and, on CUDA, ``peak_gpu_memory_mb`` (this process, since the start).
+    ``throughput`` holds ``iteration_seconds`` (this iteration's wall time on this process, data loading
+    included), ``samples_per_second`` (its samples over all processes, per second of it) and, on CUDA,
+    ``peak_gpu_memory_mb`` (this process, since the start).
     """
 
     iteration: int
@@ -404,7 +405,7 @@ def train_step(run: Run, *, want_images: bool = False) -> tuple[IterationRecord,
     losses.update(task.after_step(iteration, run.precision, check_finite))
     s.iteration = iteration
     seconds = time.perf_counter() - started
-    throughput = {"samples_per_second": samples * ctx.world / max(seconds, 1e-9)}
+    throughput = {"samples_per_second": samples * ctx.world / max(seconds, 1e-9), "iteration_seconds": seconds}
     if ctx.device.type == "cuda":
         throughput["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(ctx.device) / 2**20
     metrics = dict(zip(metric_names, sums[len(names) + 1:].tolist()))
@@ -570,10 +571,8 @@ def _write_config(run: Run, resuming: bool) -> None:
         if changed:
             run.monitor.message(f"resuming with a changed config: {', '.join(changed[:8])}"
                                 + (" ..." if len(changed) > 8 else ""))
-    fd, tmp = tempfile.mkstemp(prefix=".config.yaml.", dir=run.out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yaml.safe_dump(current, fh, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:

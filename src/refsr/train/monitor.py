@@ -10,9 +10,7 @@ the file reads as one uninterrupted run. TensorBoard events go to ``OUT/tb/`` (s
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from refsr.errors import RefsrError
+from refsr.io import atomic_output
 
 __all__ = ["Monitor", "image_grid", "truncate_metrics", "read_metrics"]
 
@@ -58,10 +57,8 @@ def truncate_metrics(out_dir: Path, iteration: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_metrics(out_dir) if int(r.get("iteration", 0)) <= iteration]
-    fd, tmp = tempfile.mkstemp(prefix=f".{METRICS_FILE}.", dir=out_dir)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(tmp, path)
 
 
 class Monitor:
