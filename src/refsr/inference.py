@@ -249,6 +249,7 @@ def predict_peak_memory(
     ref_pixels: int,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> int:
     """Predicted peak RSS in bytes (margin included) of upscaling an image in tiles of ``tile_size``.
 
@@ -261,12 +262,14 @@ def predict_peak_memory(
         ref_down_pixels: pixels of the reference map a tile is matched against (default ``ref_pixels / 16``).
         ref_strip_pixels: pixels of one strip (halo included) when the reference is encoded in strips;
             default: all of ``ref_pixels`` at once.
+        self_tiled: the model tiles the image itself (``tiles_exactly``, one reference): its
+            ``per_image_pixel_tiled`` then counts instead of ``per_image_pixel``.
     """
     ref_down = ref_pixels / 16 if ref_down_pixels is None else ref_down_pixels
     tile_pixels = tile_size[0] * tile_size[1]
     image_pixels = image_size[0] * image_size[1]
-    # A model that tiles itself keeps less of the whole image (no float canvas) when it runs in tiles.
-    tiled = tile_pixels < image_pixels and cost.per_image_pixel_tiled > 0
+    # A model that tiles itself keeps other whole-image maps (and no float canvas) when it runs in tiles.
+    tiled = self_tiled and tile_pixels < image_pixels and cost.per_image_pixel_tiled > 0
     per_image = cost.per_image_pixel_tiled if tiled else cost.per_image_pixel
     base = cost.fixed + cost.per_parameter * parameters + per_image * image_pixels
     strip = ref_pixels if ref_strip_pixels is None else min(ref_strip_pixels, ref_pixels)
@@ -286,6 +289,8 @@ class TilePlan:
         context: LR pixels each tile discards at an inner edge.
         ramp: LR pixels of the linear cross-fade.
         predicted_peak: the predicted peak RSS in bytes.
+        self_tiled: the model runs the tiles itself, exactly (``forward_tiled``), instead of cross-faded
+            tiles; ``overlap``, ``context`` and ``ramp`` then do not apply.
     """
 
     tile: int | None
@@ -293,6 +298,7 @@ class TilePlan:
     context: int
     ramp: int
     predicted_peak: int
+    self_tiled: bool = False
 
 
 def _overlap_for(cost: MemoryCost, rule: SizeRule) -> tuple[int, int, int]:
@@ -312,12 +318,15 @@ def choose_tile(
     tile: int | None = None,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> TilePlan:
     """The tiling for a padded LR of ``image_size`` under ``max_memory`` bytes.
 
     With ``tile=None`` this is the whole image if it fits, otherwise the largest tile (a multiple of the
-    model's LR multiple, at least twice the overlap) whose predicted peak fits. A given ``tile`` is kept
-    (rounded up to the LR multiple). The budget is checked either way.
+    model's LR multiple, at least twice the overlap, at most the model's ``max_tile``) whose predicted peak
+    fits. A given ``tile`` is kept (rounded up to the LR multiple, cut to ``max_tile``). The budget is
+    checked either way. ``self_tiled``: the model will tile the image itself (``tiles_exactly``, one
+    reference): its ``max_tile`` and its own whole-image cost apply.
 
     Raises:
         RefsrError: when nothing fits; the message says what budget would.
@@ -326,20 +335,20 @@ def choose_tile(
     rule = model.size_rule
     context, ramp, overlap = _overlap_for(cost, rule)
     h, w = image_size
-    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels, self_tiled)
     smallest = _smallest_tile(model)
     if tile is not None:
-        side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-        candidates = [side]
+        candidates = [_tile_side(model, tile, self_tiled)]
     else:
         if peak(h, w) <= max_memory:
             return TilePlan(None, overlap, context, ramp, peak(h, w))
-        top = padded_size(max(h, w), rule.lr_multiple, 1)
+        top = min(padded_size(max(h, w), rule.lr_multiple, 1), _tile_side(model, None, self_tiled))
         candidates = list(range(top, smallest - 1, -rule.lr_multiple)) or [smallest]
     for side in candidates:
         predicted = peak(min(side, h), min(side, w))
         if predicted <= max_memory:
-            return TilePlan(None if side >= h and side >= w else side, overlap, context, ramp, predicted)
+            cut = side < h or side < w
+            return TilePlan(side if cut else None, overlap, context, ramp, predicted, self_tiled and cut)
     needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)), round_up=True)
     what = f"even tiles of {candidates[-1]} LR pixels need" if tile is None else f"tiles of {candidates[-1]} px need"
     raise RefsrError(
@@ -351,7 +360,8 @@ def choose_tile(
 
 
 def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: int,
-                   ref_down_pixels: int | None, ref_strip_pixels: int | None) -> Callable[[int, int], int]:
+                   ref_down_pixels: int | None, ref_strip_pixels: int | None,
+                   self_tiled: bool = False) -> Callable[[int, int], int]:
     """``(tile h, tile w) -> predicted peak`` for ``model`` on a padded LR of ``image_size``."""
     cost = model.memory_cost
     parameters = _parameter_count(model)
@@ -359,9 +369,22 @@ def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: i
     def peak(th: int, tw: int) -> int:
         return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
                                    ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
-                                   ref_strip_pixels=ref_strip_pixels)
+                                   ref_strip_pixels=ref_strip_pixels, self_tiled=self_tiled)
 
     return peak
+
+
+def _tile_side(model: RefSRModel, tile: int | None, self_tiled: bool) -> int:
+    """The tile side a plan uses for a forced ``tile`` (``None``: the largest the model takes; a very large
+    number when it has no limit): on the model's LR grid, no smaller than :func:`_smallest_tile`, and no
+    larger than ``max_tile`` for a model that tiles itself (it runs no larger one)."""
+    rule = model.size_rule
+    smallest = _smallest_tile(model)
+    limit = model.max_tile if self_tiled and model.tiles_exactly and model.max_tile else None
+    if tile is None:
+        return sys.maxsize if limit is None else padded_size(max(limit, smallest), rule.lr_multiple, 1)
+    side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
+    return side if limit is None else min(side, padded_size(max(limit, smallest), rule.lr_multiple, 1))
 
 
 def _smallest_tile(model: RefSRModel) -> int:
@@ -379,15 +402,14 @@ def minimum_budget(
     tile: int | None = None,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> int:
     """The smallest ``max_memory`` for which :func:`choose_tile` finds a plan (same arguments).
 
     That is the predicted peak at the smallest usable tile, or at ``tile`` when one is forced.
     """
-    rule = model.size_rule
-    smallest = _smallest_tile(model)
-    side = smallest if tile is None else padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    side = _smallest_tile(model) if tile is None else _tile_side(model, tile, self_tiled)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels, self_tiled)
     return peak(min(side, image_size[0]), min(side, image_size[1]))
 
 
@@ -479,14 +501,16 @@ def plan_upscale(
     ref_pixels = sum(rh * rw for rh, rw in refs)
     ref_down_pixels = max((rh * rw for rh, rw in refs), default=0) // 16
     strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if model.caches_reference else None
+    # One reference (several are stitched into one): a model that tiles itself does (run_with_references).
+    self_tiled = model.tiles_exactly and model.caches_reference and len(refs) == 1
     try:
         tiles = choose_tile(model, padded, ref_pixels, max_memory, tile=tile, ref_down_pixels=ref_down_pixels,
-                            ref_strip_pixels=strip_pixels)
+                            ref_strip_pixels=strip_pixels, self_tiled=self_tiled)
         return UpscalePlan(padded, tiles, mode, False)
     except RefsrError:
         pass
     needed = minimum_budget(model, padded, ref_pixels, tile=tile, ref_down_pixels=ref_down_pixels,
-                            ref_strip_pixels=strip_pixels)
+                            ref_strip_pixels=strip_pixels, self_tiled=self_tiled)
     if self_reference and refs and tile is None:
         # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
         # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
@@ -759,10 +783,11 @@ def run_with_references(net: RefSRModel, padded: PaddedInputs, prepared: Sequenc
     """The uint8 SR of ``padded.lr`` (cropped), with references from :func:`encode_references` (none: the
     model runs without).
 
-    A model that tiles itself exactly (``tiles_exactly``) does so when the plan has tiles and there is one
-    reference; otherwise :func:`reference_runner` runs whole or in cross-faded tiles (:func:`run_tiles`).
+    A model that tiles itself exactly (``tiles_exactly``) does so when the plan says so (``tiles.self_tiled``:
+    it was made for one reference) and there is one; otherwise :func:`reference_runner` runs whole or in
+    cross-faded tiles (:func:`run_tiles`).
     """
-    if tiles.tile is not None and net.tiles_exactly and len(prepared) == 1:
+    if tiles.self_tiled and tiles.tile is not None and len(prepared) == 1:
         # The model tiles itself, exactly (MASA: stage by stage, whole-image matching and statistics).
         return _run_exact_tiles(net, prepared[0], padded.lr, tiles.tile, padded, matching, progress)
     sr = run_tiles(reference_runner(net, prepared, matching), padded.lr, net.scale, tiles, progress)

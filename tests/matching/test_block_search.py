@@ -153,3 +153,21 @@ def test_bad_arguments():
         match_mem(query, key, coarse="fast", key_index=[index, index])
     with pytest.raises(RefsrError, match="one key map"):
         build_block_index(torch.randn(2, 4, 8, 8))
+
+
+def test_search_under_inference_mode_on_two_threads():
+    """The cluster loop runs in worker threads; grad and inference mode are per thread, so the workers must
+    take the caller's (torch.inference_mode() around an evaluation made them fail on inference tensors)."""
+    gen = torch.Generator().manual_seed(2)
+    key = torch.randn(1, 6, 20, 17, generator=gen)
+    queries = block_descriptors(torch.randn(1, 6, 32, 40, generator=gen))
+    index = build_block_index(key, cluster_size=8, proxy_dim=6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = search_blocks(index, queries, probes=4)
+        with torch.inference_mode():
+            position, score = search_blocks(index, queries, probes=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(position, expected[0]) and torch.equal(score, expected[1])

@@ -330,10 +330,18 @@ def run_in_parallel(function: Callable[[list[T]], None], items: list[T], device:
         function(items)
         return
     shares = [items[i::threads] for i in range(threads)]
+    # Grad and inference mode are per thread: the workers take the caller's, or tensors made under
+    # torch.inference_mode() could not be written by them.
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def work(share: list[T]) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            function(share)
+
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for future in [pool.submit(function, share) for share in shares]:
+            for future in [pool.submit(work, share) for share in shares]:
                 future.result()
     finally:
         torch.set_num_threads(threads)

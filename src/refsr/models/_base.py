@@ -52,6 +52,8 @@ class RefSRModel(torch.nn.Module):
         tiles_exactly: the model runs a whole image in tiles itself, with the untiled result:
             ``forward_tiled(lr, reference_cache, tile=, write=, matching=, progress=)`` (needs
             ``caches_reference``); :func:`refsr.upscale` uses it instead of cross-faded tiles.
+        max_tile: for ``tiles_exactly`` models, the largest tile ``forward_tiled`` runs (a larger one is cut
+            to it); the memory plan then never counts on a larger one. ``None``: no limit.
     """
 
     scale: int = 4
@@ -64,6 +66,7 @@ class RefSRModel(torch.nn.Module):
     matching_modes: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32",)
     tiles_exactly: bool = False
+    max_tile: int | None = None
 
     def encoder_halo(self) -> int:
         """Rows of context a reference strip needs to encode exactly as the whole reference (0: no strips)."""

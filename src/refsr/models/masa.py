@@ -519,6 +519,7 @@ class MASA(RefSRModel):
     matching_modes = COARSE_SEARCHES
     precisions = ("fp32", "bf16")
     tiles_exactly = True
+    max_tile = _CACHE_FRIENDLY_TILE
 
     def __init__(
         self,
