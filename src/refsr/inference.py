@@ -340,9 +340,12 @@ def choose_tile(
     if tile is not None:
         candidates = [_tile_side(model, tile, self_tiled)]
     else:
-        if peak(h, w) <= max_memory:
+        largest = _tile_side(model, None, self_tiled)
+        # Whole when it fits; a model that tiles itself runs tiles of its limit even then (faster, and the
+        # same result).
+        if max(h, w) <= largest and peak(h, w) <= max_memory:
             return TilePlan(None, overlap, context, ramp, peak(h, w))
-        top = min(padded_size(max(h, w), rule.lr_multiple, 1), _tile_side(model, None, self_tiled))
+        top = min(padded_size(max(h, w), rule.lr_multiple, 1), largest)
         candidates = list(range(top, smallest - 1, -rule.lr_multiple)) or [smallest]
     for side in candidates:
         predicted = peak(min(side, h), min(side, w))
@@ -544,7 +547,7 @@ def _budget_error(model: RefSRModel, padded: tuple[int, int], lr_size: tuple[int
         )
     if ref_sizes and ref_part > image_part and ref_part >= needed / 3:
         largest = max(range(len(ref_sizes)), key=lambda i: ref_sizes[i][0] * ref_sizes[i][1])
-        name = ref_names[largest] if ref_names else f"reference {largest + 1}"
+        name = ref_names[largest] if ref_names else f"#{largest + 1}"
         return RefsrError(
             f"the reference {name} ({_size(ref_sizes[largest])}) is too large for the memory budget of "
             f"{_format_memory(budget)}: the references' features alone take {_format_memory(ref_part)} and "
@@ -729,7 +732,7 @@ def upscale(
     plan = plan_upscale(
         net, image_size(lr), [image_size(r) for r in given] if given is not None and uses_ref else None,
         budget, tile=tile, multi_ref=multi_ref, lr_name=_input_name(lr, "the LR image"),
-        ref_names=[_input_name(r, f"reference {i + 1}") for i, r in enumerate(given or [])],
+        ref_names=[_input_name(r, f"#{i + 1}") for i, r in enumerate(given or [])],
     )
 
     x = image_to_tensor(lr).to(dev)

@@ -472,9 +472,11 @@ MASA_MEMORY_COST = MemoryCost(
     # The whole LR at once: the decoder's maps at x4 dominate (24.8 kB from LR 128^2 -> 192^2). In tiles of
     # forward_tiled (at most 128 LR pixels), per pixel of the x4 tile.
     per_tile_pixel=26_000,
-    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32), the input images, the
-    # fast search's index (17 B).
-    per_ref_pixel=250,
+    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32), the float input image
+    # (12 B) and the fast search's index (about 12 B). Checked against benchmarks/upscale.py --large: with
+    # LR 1024^2 / Ref 2048^2 and 2048^2 / 4096^2 (x4 tiles of 128) the predictions exceed the measured peak
+    # RSS by 20-25 % (float32: 2.98 against 2.42 GB, 8.48 against 6.81 GB; bfloat16: 4.99 against 4.02 GB).
+    per_ref_pixel=200,
     # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
     per_ref_pixel_encoding=700,
     matching_workspace=256 * 2**20,
@@ -1053,13 +1055,16 @@ class MASA(RefSRModel):
     def memory_cost(self) -> MemoryCost:  # type: ignore[override]
         """:data:`MASA_MEMORY_COST` with the feature-map terms scaled by ``nf / 32`` and by the compute dtype's
         size (bfloat16 maps take half the bytes of float32 ones), and this model's MEM chunk budget as the
-        matching workspace. The images, the output and the fast search's index do not scale."""
-        scale = self.config["nf"] / 32 * torch.finfo(self.compute_dtype).bits / 32
+        matching workspace. The images, the output and the fast search's index do not scale, nor does a
+        tile's working set with the dtype: measured, a bfloat16 run keeps about as much per tile pixel
+        (matching, SAM statistics and the transfer's gathers work in float32)."""
+        width = self.config["nf"] / 32
+        scale = width * torch.finfo(self.compute_dtype).bits / 32
         cost = MASA_MEMORY_COST
         return replace(
             cost,
             per_parameter=cost.per_parameter * torch.finfo(self.compute_dtype).bits / 32,
-            per_tile_pixel=cost.per_tile_pixel * scale,
+            per_tile_pixel=cost.per_tile_pixel * width,
             per_image_pixel_tiled=_TILED_IMAGE_MAPS * scale + (cost.per_image_pixel_tiled - _TILED_IMAGE_MAPS),
             per_ref_pixel=_REF_FEATURES * scale + (cost.per_ref_pixel - _REF_FEATURES),
             per_ref_pixel_encoding=cost.per_ref_pixel_encoding * scale,
