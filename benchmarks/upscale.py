@@ -240,7 +240,6 @@ _OFFICIAL_CHILD = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads({threads})
-sys.path.insert(0, {root!r})
 which, precision, lr_hw, ref_hw = {args!r}
 gen = torch.Generator().manual_seed(0)
 lr = torch.rand(1, 3, *lr_hw, generator=gen)
@@ -249,8 +248,14 @@ ref_down = torch.nn.functional.interpolate(ref, scale_factor=0.25, mode="bicubic
 dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[precision]
 torch.manual_seed(0)
 if which == "official":
-    from models.archs.MASA_arch import MASA
-    net = MASA().eval().to(dtype)
+    # The architecture file alone: the package's __init__ imports the trainer (and tensorboardX).
+    import importlib.util, os
+    spec = importlib.util.spec_from_file_location("official_masa", os.path.join({root!r}, "models", "archs", "MASA_arch.py"))
+    official = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official)
+    from types import SimpleNamespace
+    # The official test.py defaults.
+    net = official.MASA(SimpleNamespace(input_nc=3, nf=64, sr_scale=4, num_nbr=1)).eval().to(dtype)
     run = lambda: net(lr.to(dtype), ref.to(dtype), ref_down.to(dtype))
 else:
     import refsr
@@ -275,6 +280,7 @@ def compare_official(root: str, threads: int, repeat: int) -> None:
     its own child process, float32 and bfloat16, side by side."""
     print(f"| precision | implementation | time (s) | CPU time (s) | peak RSS (GB) | ratio | load |")
     print("|---|---|---|---|---|---|---|")
+    official_fp32 = None
     for precision in ("fp32", "bf16"):
         figures = {}
         for which in ("official", "refsr"):
@@ -291,6 +297,11 @@ def compare_official(root: str, threads: int, repeat: int) -> None:
             if which == "refsr" and "official" in figures:
                 o = figures["official"]
                 ratio = f"{r['seconds'] / o['seconds']:.2f}x time, {r['peak'] / o['peak']:.2f}x memory"
+                if precision != "fp32" and official_fp32 is not None:  # the official code is a float32 one
+                    ratio += (f" ({r['seconds'] / official_fp32['seconds']:.2f}x time, "
+                              f"{r['peak'] / official_fp32['peak']:.2f}x memory of the official in fp32)")
+            if which == "official" and precision == "fp32":
+                official_fp32 = r
             print(f"| {precision} | {which} | {r['seconds']:.2f} | {r['cpu']:.2f} | {_gb(r['peak'])} | {ratio} | "
                   f"{load:.1f} |", flush=True)
 
