@@ -219,3 +219,28 @@ def test_quality_applies_to_lossy_outputs(tmp_path: Path, capsys: pytest.Capture
             expected, format="JPEG", quality=quality, subsampling=0)
         assert out.read_bytes() == expected.getvalue()
     assert sizes[10] < sizes[95] / 2
+
+
+def test_matching_and_precision_options(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--matching and --precision reach refsr.upscale and the status line; a model without the choice says so."""
+    import refsr
+    import refsr.batch
+
+    lr = load_photo("chelsea.png")[:24, :32]
+    Image.fromarray(lr).save(tmp_path / "lr.png")
+    ref = pil_bicubic_x4(load_photo("chelsea.png")[:40, :48])
+    Image.fromarray(ref).save(tmp_path / "ref.png")
+    monkeypatch.setattr(refsr.batch, "_is_terminal", lambda stream: True)
+    out = tmp_path / "sr.png"
+    code, _, err = run_cli(["upscale", tmp_path / "lr.png", "--ref", tmp_path / "ref.png", "-o", out,
+                            "--matching", "exact", "--precision", "fp32"], capsys)
+    assert code == 0, err
+    assert " (fp32, exact matching), 1 tile, " in err.splitlines()[-1]
+    np.testing.assert_array_equal(read_image(out), refsr.upscale(lr, ref, matching="exact", precision="fp32"))
+    for option, message in ((["--matching", "exact"], "has no choice of matching"),
+                            (["--precision", "bf16"], "runs in fp32 only")):
+        code, _, err = run_cli(["upscale", tmp_path / "lr.png", "-o", tmp_path / "b.png", "--model", "bicubic",
+                                *option], capsys)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "b.png").exists()

@@ -122,7 +122,9 @@ def test_any_size_and_aspect_ratio(small, lr_hw, ref_hw) -> None:
 
 def test_self_reference_is_the_bicubic_lr(small) -> None:
     lr = load_photo("chelsea.png")[:32, :40]
-    np.testing.assert_array_equal(upscale(lr, None, model=small), upscale(lr, pil_bicubic_x4(lr), model=small))
+    # float32: in bfloat16 the two reference tensors, equal but laid out differently, may round differently.
+    np.testing.assert_array_equal(upscale(lr, None, model=small, precision="fp32"),
+                                  upscale(lr, pil_bicubic_x4(lr), model=small, precision="fp32"))
 
 
 # ---------------------------------------------------------------------- memory budget and tiles
@@ -224,14 +226,25 @@ def test_large_lr_without_reference_takes_a_self_reference_per_tile() -> None:
         upscale(lr, pil_bicubic_x4(lr), model=probe, max_memory=budget)
 
 
-def test_masa_lite_tiles_are_seamless(lite) -> None:
-    """Tiled against untiled on a real photo: PSNR >= 45 dB (the issue's bound), over two 96-pixel tiles."""
-    lr = load_photo("astronaut.png")[:96, :144]
-    ref = load_photo("coffee.png")[:160, :192]
-    whole = upscale(lr, ref, model=lite)
-    tiled = upscale(lr, ref, model=lite, tile=96)
-    assert psnr(tiled, whole) >= 45
-    assert not np.array_equal(tiled, whole)  # it really tiled (SAM statistics and MEM windows are per tile)
+@pytest.mark.parametrize("precision, bound", [("fp32", 90.0), ("bf16", 50.0)])
+def test_masa_lite_tiles_equal_the_whole_image(precision, bound) -> None:
+    """The shipped default model on a 176x96 LR (the issue's case, 44.2 dB at tile 96 before): tiled and
+    untiled agree to >= 50 dB at every tile size (float32: to rounding), and the difference shows no seam."""
+    photo = load_photo("astronaut.png")
+    lr = photo[8:104, 16:192]
+    ref = pil_bicubic_x4(photo)[:400, :480]
+    whole = upscale(lr, ref, precision=precision)
+    for tile in (16, 40, 96):
+        tiled = upscale(lr, ref, tile=tile, precision=precision)
+        assert psnr(tiled, whole) >= bound, tile
+        # No seam: the difference is no larger along the tile borders than elsewhere.
+        diff = np.abs(tiled.astype(np.float64) - whole).sum(axis=2)
+        borders = np.zeros(diff.shape, dtype=bool)
+        for edge in range(4 * tile, diff.shape[0], 4 * tile):
+            borders[edge - 2 : edge + 2] = True
+        for edge in range(4 * tile, diff.shape[1], 4 * tile):
+            borders[:, edge - 2 : edge + 2] = True
+        assert diff[borders].mean() <= 2 * diff.mean() + 1e-3, tile
 
 
 def test_reference_cache_gives_the_same_output(small) -> None:
@@ -259,8 +272,8 @@ def test_stitch_equals_the_stitched_image(small) -> None:
     stitched = stitch_references(tensors, small.size_rule)
     assert stitched.shape[-2:] == (48 + 64, 64)
     as_image = (stitched[0] * 255).round().byte().permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(upscale(lr, refs, model=small, multi_ref="stitch"),
-                                  upscale(lr, as_image, model=small))
+    np.testing.assert_array_equal(upscale(lr, refs, model=small, multi_ref="stitch", precision="fp32"),
+                                  upscale(lr, as_image, model=small, precision="fp32"))
 
 
 def test_per_tile_picks_the_reference_that_matches(lite) -> None:
@@ -269,8 +282,8 @@ def test_per_tile_picks_the_reference_that_matches(lite) -> None:
     rng = np.random.default_rng(0)
     unrelated = rng.integers(0, 256, good.shape, dtype=np.uint8)
     for refs in ([unrelated, good], [good, unrelated]):
-        np.testing.assert_array_equal(upscale(lr, refs, model=lite, multi_ref="per-tile"),
-                                      upscale(lr, good, model=lite))
+        np.testing.assert_array_equal(upscale(lr, refs, model=lite, multi_ref="per-tile", precision="fp32"),
+                                      upscale(lr, good, model=lite, precision="fp32"))
     with pytest.raises(RefsrError, match="multi_ref"):
         upscale(lr, [good, good], model=lite, multi_ref="best")
 
@@ -377,7 +390,7 @@ def test_an_lr_too_large_is_refused_from_its_header(lite, tmp_path) -> None:
     (tmp_path / "huge.png").write_bytes(png_bytes_with_size(12000, 12000))
     with pytest.raises(RefsrError, match=r"huge\.png \(12000x12000\) is too large for the memory budget of 4\.00 GB"
                        ) as raised:
-        upscale(tmp_path / "huge.png", DATA / "coffee.png", model=lite)
+        upscale(tmp_path / "huge.png", DATA / "coffee.png", model=lite, precision="fp32")
     needed = str(raised.value).split("to at least ")[1].split(",")[0]
     plan = plan_upscale(lite, (12000, 12000), [(193, 256)], parse_memory(needed.replace(" ", "").rstrip("B")))
     assert plan.tile_count > 1

@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_upscale(args: argparse.Namespace) -> int:
     from refsr.batch import Reporter, make_jobs, progress_mode
     from refsr.devices import resolve_device
-    from refsr.inference import parse_memory, plan_upscale, resolve_model
+    from refsr.inference import parse_memory, plan_upscale, prepare_model
     from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, check_output_path, read_image, read_image_size
     from refsr.video import is_video_path
 
@@ -74,7 +74,9 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     # Every reference's header before the model loads; then every input's size against the budget (and, in
     # a batch, its pixels) before the first image is computed.
     ref_sizes = [read_image_size(p) for p in refs_paths]
-    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
+    # Converted to the precision it runs in first: the memory plan depends on it.
+    model, matching = prepare_model(args.model, args.weights, random_weights=args.random_weights, device=device,
+                                    matching=args.matching, precision=args.precision)
     plans, bad = {}, []
     for job in jobs:
         try:
@@ -101,7 +103,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                 continue
             started = time.monotonic()
             try:
-                _upscale_one(job, refs, model, args, device, budget, compare, reporter.tile_bars)
+                _upscale_one(job, refs, model, matching, args, device, budget, compare, reporter.tile_bars)
             except RefsrError as exc:
                 if not (args.keep_going and batch):
                     raise
@@ -111,7 +113,7 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
             written += 1
             plan = plans[job]
             tiles = "1 tile" if plan.tile_count == 1 else f"{plan.tile_count} tiles of {plan.tiles.tile} LR px"
-            reporter.finished(job, time.monotonic() - started, f"{name} on {device}, {tiles}")
+            reporter.finished(job, time.monotonic() - started, f"{name} on {device}{_how(model, matching)}, {tiles}")
     finally:
         reporter.close()
     if failed:
@@ -130,7 +132,7 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
     """``refsr upscale clip.mp4 --ref still.jpg -o clip_x4.mp4``: see :mod:`refsr.video`."""
     from refsr.batch import progress_mode
     from refsr.devices import resolve_device
-    from refsr.inference import resolve_model
+    from refsr.inference import prepare_model
     from refsr.io import read_image_size
     from refsr.video import check_video_output, run_video
 
@@ -147,7 +149,8 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
         if ref.is_dir():
             raise RefsrError(f"{ref}: the reference is a folder; give still image files")
         read_image_size(ref)
-    model = resolve_model(args.model, args.weights, random_weights=args.random_weights)
+    model, matching = prepare_model(args.model, args.weights, random_weights=args.random_weights, device=device,
+                                    matching=args.matching, precision=args.precision)
     mode = progress_mode(args.quiet, args.progress)
     every = None
 
@@ -159,7 +162,8 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
                 sys.stderr.write(f"{source}: {done}/{total or '?'} frames\n")
 
     result = run_video(source, args.output, [str(r) for r in refs] or None, model=model, device=device,
-                       max_memory=budget, tile=args.tile, multi_ref=args.multi_ref, temporal=args.temporal,
+                       max_memory=budget, tile=args.tile, multi_ref=args.multi_ref, matching=matching,
+                       precision=args.precision, temporal=args.temporal,
                        ref_video=args.ref_video, ref_frames=args.ref_frames, crf=args.crf, codec=args.codec,
                        progress=mode == "bar", on_frame=on_frame)
     print(result.path, flush=True)
@@ -168,7 +172,7 @@ def _cmd_upscale_video(args: argparse.Namespace, budget: int) -> int:
         plan = result.plan
         tiles = "1 tile" if plan.tile_count == 1 else f"{plan.tile_count} tiles of {plan.tiles.tile} LR px"
         audio = f", {result.audio_streams} audio stream(s) kept" if result.audio_streams else ""
-        sys.stderr.write(f"{result.path}: {name} on {device}, {result.frames} frames, {tiles} per frame{audio}, "
+        sys.stderr.write(f"{result.path}: {name} on {device}{_how(model, matching)}, {result.frames} frames, {tiles} per frame{audio}, "
                          f"{result.seconds:.1f} s\n")
     return 0
 
@@ -181,8 +185,16 @@ def _default_model_name() -> str:
     return DEFAULT_MODEL
 
 
-def _upscale_one(job, refs, model, args: argparse.Namespace, device, budget: int, compare: Path | None,
-                 tile_bars: bool) -> None:
+def _how(model, matching: str | None) -> str:
+    """`` (bf16, fast matching)``: how the model runs, for the status line."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    parts = [] if dtype is None else [{"torch.float32": "fp32", "torch.bfloat16": "bf16"}.get(str(dtype), str(dtype))]
+    parts += [] if matching is None else [f"{matching} matching"]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _upscale_one(job, refs, model, matching: str | None, args: argparse.Namespace, device, budget: int,
+                 compare: Path | None, tile_bars: bool) -> None:
     """Upscale one job and write its output (and comparison) atomically; nothing is left on failure."""
     from contextlib import ExitStack
 
@@ -190,8 +202,9 @@ def _upscale_one(job, refs, model, args: argparse.Namespace, device, budget: int
     from refsr.io import IMAGE_EXTENSIONS, LOSSY_FORMATS, atomic_output, read_image, save_image
 
     lr = read_image(job.source)
+    # The model is already in the dtype it runs in (prepare_model): upscale keeps it as it is.
     sr = upscale(lr, refs or None, model=model, tile=args.tile, device=device, max_memory=budget,
-                 multi_ref=args.multi_ref, progress=tile_bars)
+                 multi_ref=args.multi_ref, progress=tile_bars, matching=matching, precision=args.precision)
     outputs = [(job.target, sr)]
     if compare is not None:
         from refsr.compare import side_by_side
@@ -366,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="several --ref: stack them into one (stitch, as MASA) or use the best-matching one per "
                          "tile (default: %(default)s)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    up.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                    help="number format: auto is bf16 on CPUs with bfloat16 hardware (avx512_bf16, AMX) for models "
+                         "that run in it, else fp32 (default: %(default)s)")
+    up.add_argument("--matching", choices=("fast", "exact"), default=None,
+                    help="for models with a choice (masa*): the indexed coarse search (fast, linear in the image) "
+                         "or MEM's exhaustive one (exact; the official). Default: fast")
     up.add_argument("--compare", default=None, metavar="PNG",
                     help="also write a side-by-side image: bicubic | refsr | reference (without --ref: the "
                          "self-reference, the LR upscaled with bicubic)")

@@ -1,4 +1,5 @@
-"""Choosing the device to run on, in one place: :func:`resolve_device`.
+"""Choosing the device to run on, in one place: :func:`resolve_device`, and the number format to run in
+there: :func:`resolve_precision`.
 
 ``refsr upscale --device``, ``refsr eval --device``, ``refsr.upscale(device=)`` and the training config's
 ``train.device`` all go through it, so every device name means the same everywhere and an unusable one is
@@ -7,11 +8,54 @@ one clear error.
 
 from __future__ import annotations
 
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
 import torch
 
 from refsr.errors import RefsrError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "resolve_precision", "cpu_has_fast_bf16", "PRECISIONS"]
+
+#: What ``precision=`` accepts; ``"auto"`` is resolved per device by :func:`resolve_precision`.
+PRECISIONS = ("auto", "fp32", "bf16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+#: CPU flags (``/proc/cpuinfo``) of bfloat16 arithmetic in hardware: AVX-512 BF16 and AMX.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX-512 BF16 or AMX), where bfloat16 convolutions
+    run about twice as fast as float32 ones. Elsewhere PyTorch emulates bfloat16, which is slower than
+    float32. Read from ``/proc/cpuinfo`` (Linux), else from PyTorch's dispatch level (``AMX``)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
+    return any(flag in flags for flag in _BF16_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device, supported: Sequence[str] = ("fp32",)) -> torch.dtype:
+    """The dtype to run a model in: ``"fp32"``, ``"bf16"``, or ``"auto"``.
+
+    ``"auto"`` is bfloat16 for a model that runs in it (``supported``) on a CPU with bfloat16 hardware
+    (:func:`cpu_has_fast_bf16`), float32 otherwise. On CUDA it stays float32: bfloat16 is allowed there only
+    where its cost is measured at 0.02 dB or less, which has not been done on a GPU yet
+    (``benchmarks/upscale.py --gpu-checks`` measures it).
+
+    Raises:
+        RefsrError: an unknown name, or ``"bf16"`` for a model that does not list it.
+    """
+    if precision not in PRECISIONS:
+        raise RefsrError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        fast = device.type == "cpu" and cpu_has_fast_bf16()
+        precision = "bf16" if fast and "bf16" in supported else "fp32"
+    if precision not in supported:
+        raise RefsrError(f"this model runs in {', '.join(supported)} only; got precision {precision!r}")
+    return _DTYPES[precision]
 
 
 def _mps_available() -> bool:

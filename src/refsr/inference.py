@@ -24,6 +24,7 @@ whose mean match score is highest; ``"auto"`` picks per :data:`AUTO_MULTI_REF`.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -36,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from refsr.devices import resolve_device
+from refsr.devices import resolve_device, resolve_precision
 from refsr.errors import RefsrError
 from refsr.hub import create_model
 from refsr.imresize import imresize
 from refsr.io import _to_rgb8, read_image, read_image_size
 from refsr.models import DEFAULT_MODEL, MemoryCost, RefSRModel, get_entry, list_models
-from refsr.models._base import pad_inputs
+from refsr.models._base import PaddedInputs, pad_inputs
 from refsr.models._size import SizeRule, pad_to_rule, padded_size
 
 __all__ = [
@@ -66,7 +67,9 @@ __all__ = [
     "padded_reference_sizes",
     "minimum_budget",
     "DEFAULT_MAX_MEMORY",
+    "DEFAULT_MATCHING",
     "MULTI_REF_MODES",
+    "resolve_matching",
 ]
 
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
@@ -74,12 +77,17 @@ ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
 #: The default memory budget of :func:`upscale` and ``refsr upscale`` (peak RSS of the whole process).
 DEFAULT_MAX_MEMORY = 4 * 2**30
 
+#: The matching :func:`upscale` asks of models that offer a choice (``model.matching_modes``, e.g. MASA's
+#: exact or indexed coarse search). Its time grows linearly with the image instead of with LR x reference
+#: pixels; what it costs in quality is measured by ``benchmarks/upscale.py --quality`` (README).
+DEFAULT_MATCHING = "fast"
+
 #: The ways of using several references.
 MULTI_REF_MODES = ("stitch", "per-tile", "auto")
 
 #: Models that encode their reference once (``encode_reference(..., strip_rows=)``) do it in horizontal strips
 #: of about this many pixels, so that a large reference costs its cached features plus one strip.
-REF_STRIP_PIXELS = 2**19
+REF_STRIP_PIXELS = 2**20
 
 #: What ``multi_ref="auto"`` does. Measured (``benchmarks/upscale.py --multi-ref``: 7 open video pairs, the
 #: pair's own reference plus one from another video, masa-lite after 400 training iterations, 128-pixel
@@ -241,6 +249,7 @@ def predict_peak_memory(
     ref_pixels: int,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> int:
     """Predicted peak RSS in bytes (margin included) of upscaling an image in tiles of ``tile_size``.
 
@@ -253,10 +262,16 @@ def predict_peak_memory(
         ref_down_pixels: pixels of the reference map a tile is matched against (default ``ref_pixels / 16``).
         ref_strip_pixels: pixels of one strip (halo included) when the reference is encoded in strips;
             default: all of ``ref_pixels`` at once.
+        self_tiled: the model tiles the image itself (``tiles_exactly``, one reference): its
+            ``per_image_pixel_tiled`` then counts instead of ``per_image_pixel``.
     """
     ref_down = ref_pixels / 16 if ref_down_pixels is None else ref_down_pixels
     tile_pixels = tile_size[0] * tile_size[1]
-    base = cost.fixed + cost.per_parameter * parameters + cost.per_image_pixel * image_size[0] * image_size[1]
+    image_pixels = image_size[0] * image_size[1]
+    # A model that tiles itself keeps other whole-image maps (and no float canvas) when it runs in tiles.
+    tiled = self_tiled and tile_pixels < image_pixels and cost.per_image_pixel_tiled > 0
+    per_image = cost.per_image_pixel_tiled if tiled else cost.per_image_pixel
+    base = cost.fixed + cost.per_parameter * parameters + per_image * image_pixels
     strip = ref_pixels if ref_strip_pixels is None else min(ref_strip_pixels, ref_pixels)
     encoding = cost.per_ref_pixel * ref_pixels + cost.per_ref_pixel_encoding * strip
     tiles = (cost.per_ref_pixel * ref_pixels + cost.per_tile_pixel * tile_pixels
@@ -274,6 +289,8 @@ class TilePlan:
         context: LR pixels each tile discards at an inner edge.
         ramp: LR pixels of the linear cross-fade.
         predicted_peak: the predicted peak RSS in bytes.
+        self_tiled: the model runs the tiles itself, exactly (``forward_tiled``), instead of cross-faded
+            tiles; ``overlap``, ``context`` and ``ramp`` then do not apply.
     """
 
     tile: int | None
@@ -281,6 +298,7 @@ class TilePlan:
     context: int
     ramp: int
     predicted_peak: int
+    self_tiled: bool = False
 
 
 def _overlap_for(cost: MemoryCost, rule: SizeRule) -> tuple[int, int, int]:
@@ -300,12 +318,15 @@ def choose_tile(
     tile: int | None = None,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> TilePlan:
     """The tiling for a padded LR of ``image_size`` under ``max_memory`` bytes.
 
     With ``tile=None`` this is the whole image if it fits, otherwise the largest tile (a multiple of the
-    model's LR multiple, at least twice the overlap) whose predicted peak fits. A given ``tile`` is kept
-    (rounded up to the LR multiple). The budget is checked either way.
+    model's LR multiple, at least twice the overlap, at most the model's ``max_tile``) whose predicted peak
+    fits. A given ``tile`` is kept (rounded up to the LR multiple, cut to ``max_tile``). The budget is
+    checked either way. ``self_tiled``: the model will tile the image itself (``tiles_exactly``, one
+    reference): its ``max_tile`` and its own whole-image cost apply.
 
     Raises:
         RefsrError: when nothing fits; the message says what budget would.
@@ -314,20 +335,23 @@ def choose_tile(
     rule = model.size_rule
     context, ramp, overlap = _overlap_for(cost, rule)
     h, w = image_size
-    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels, self_tiled)
     smallest = _smallest_tile(model)
     if tile is not None:
-        side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-        candidates = [side]
+        candidates = [_tile_side(model, tile, self_tiled)]
     else:
-        if peak(h, w) <= max_memory:
+        largest = _tile_side(model, None, self_tiled)
+        # Whole when it fits; a model that tiles itself runs tiles of its limit even then (faster, and the
+        # same result).
+        if max(h, w) <= largest and peak(h, w) <= max_memory:
             return TilePlan(None, overlap, context, ramp, peak(h, w))
-        top = padded_size(max(h, w), rule.lr_multiple, 1)
+        top = min(padded_size(max(h, w), rule.lr_multiple, 1), largest)
         candidates = list(range(top, smallest - 1, -rule.lr_multiple)) or [smallest]
     for side in candidates:
         predicted = peak(min(side, h), min(side, w))
         if predicted <= max_memory:
-            return TilePlan(None if side >= h and side >= w else side, overlap, context, ramp, predicted)
+            cut = side < h or side < w
+            return TilePlan(side if cut else None, overlap, context, ramp, predicted, self_tiled and cut)
     needed = _format_memory(peak(min(candidates[-1], h), min(candidates[-1], w)), round_up=True)
     what = f"even tiles of {candidates[-1]} LR pixels need" if tile is None else f"tiles of {candidates[-1]} px need"
     raise RefsrError(
@@ -339,7 +363,8 @@ def choose_tile(
 
 
 def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: int,
-                   ref_down_pixels: int | None, ref_strip_pixels: int | None) -> Callable[[int, int], int]:
+                   ref_down_pixels: int | None, ref_strip_pixels: int | None,
+                   self_tiled: bool = False) -> Callable[[int, int], int]:
     """``(tile h, tile w) -> predicted peak`` for ``model`` on a padded LR of ``image_size``."""
     cost = model.memory_cost
     parameters = _parameter_count(model)
@@ -347,9 +372,22 @@ def _peak_function(model: RefSRModel, image_size: tuple[int, int], ref_pixels: i
     def peak(th: int, tw: int) -> int:
         return predict_peak_memory(cost, parameters=parameters, image_size=image_size, tile_size=(th, tw),
                                    ref_pixels=ref_pixels, ref_down_pixels=ref_down_pixels,
-                                   ref_strip_pixels=ref_strip_pixels)
+                                   ref_strip_pixels=ref_strip_pixels, self_tiled=self_tiled)
 
     return peak
+
+
+def _tile_side(model: RefSRModel, tile: int | None, self_tiled: bool) -> int:
+    """The tile side a plan uses for a forced ``tile`` (``None``: the largest the model takes; a very large
+    number when it has no limit): on the model's LR grid, no smaller than :func:`_smallest_tile`, and no
+    larger than ``max_tile`` for a model that tiles itself (it runs no larger one)."""
+    rule = model.size_rule
+    smallest = _smallest_tile(model)
+    limit = model.max_tile if self_tiled and model.tiles_exactly and model.max_tile else None
+    if tile is None:
+        return sys.maxsize if limit is None else padded_size(max(limit, smallest), rule.lr_multiple, 1)
+    side = padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
+    return side if limit is None else min(side, padded_size(max(limit, smallest), rule.lr_multiple, 1))
 
 
 def _smallest_tile(model: RefSRModel) -> int:
@@ -367,15 +405,14 @@ def minimum_budget(
     tile: int | None = None,
     ref_down_pixels: int | None = None,
     ref_strip_pixels: int | None = None,
+    self_tiled: bool = False,
 ) -> int:
     """The smallest ``max_memory`` for which :func:`choose_tile` finds a plan (same arguments).
 
     That is the predicted peak at the smallest usable tile, or at ``tile`` when one is forced.
     """
-    rule = model.size_rule
-    smallest = _smallest_tile(model)
-    side = smallest if tile is None else padded_size(max(int(tile), rule.min_lr, smallest), rule.lr_multiple, 1)
-    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels)
+    side = _smallest_tile(model) if tile is None else _tile_side(model, tile, self_tiled)
+    peak = _peak_function(model, image_size, ref_pixels, ref_down_pixels, ref_strip_pixels, self_tiled)
     return peak(min(side, image_size[0]), min(side, image_size[1]))
 
 
@@ -467,14 +504,16 @@ def plan_upscale(
     ref_pixels = sum(rh * rw for rh, rw in refs)
     ref_down_pixels = max((rh * rw for rh, rw in refs), default=0) // 16
     strip_pixels = max((_strip_pixels(model, r) for r in refs), default=0) if model.caches_reference else None
+    # One reference (several are stitched into one): a model that tiles itself does (run_with_references).
+    self_tiled = model.tiles_exactly and model.caches_reference and len(refs) == 1
     try:
         tiles = choose_tile(model, padded, ref_pixels, max_memory, tile=tile, ref_down_pixels=ref_down_pixels,
-                            ref_strip_pixels=strip_pixels)
+                            ref_strip_pixels=strip_pixels, self_tiled=self_tiled)
         return UpscalePlan(padded, tiles, mode, False)
     except RefsrError:
         pass
     needed = minimum_budget(model, padded, ref_pixels, tile=tile, ref_down_pixels=ref_down_pixels,
-                            ref_strip_pixels=strip_pixels)
+                            ref_strip_pixels=strip_pixels, self_tiled=self_tiled)
     if self_reference and refs and tile is None:
         # A self-reference is the whole LR upscaled: for a large LR it outgrows the budget by itself
         # (1024^2 LR -> 4096^2 reference). Each tile then takes its own upscaled LR as its reference: the
@@ -508,7 +547,7 @@ def _budget_error(model: RefSRModel, padded: tuple[int, int], lr_size: tuple[int
         )
     if ref_sizes and ref_part > image_part and ref_part >= needed / 3:
         largest = max(range(len(ref_sizes)), key=lambda i: ref_sizes[i][0] * ref_sizes[i][1])
-        name = ref_names[largest] if ref_names else f"reference {largest + 1}"
+        name = ref_names[largest] if ref_names else f"#{largest + 1}"
         return RefsrError(
             f"the reference {name} ({_size(ref_sizes[largest])}) is too large for the memory budget of "
             f"{_format_memory(budget)}: the references' features alone take {_format_memory(ref_part)} and "
@@ -642,6 +681,8 @@ def upscale(
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     multi_ref: str = "auto",
     progress: bool | None = None,
+    matching: str | None = None,
+    precision: str = "auto",
 ) -> Image.Image | np.ndarray:
     """Super-resolve ``lr`` with the help of ``ref``.
 
@@ -663,6 +704,11 @@ def upscale(
         multi_ref: with several references, ``"stitch"`` (stacked into one, as MASA's multi-reference test),
             ``"per-tile"`` (each tile uses the reference it matches best) or ``"auto"``.
         progress: a progress bar over tiles on stderr; ``None``: only when stderr is a terminal.
+        matching: for models that offer a choice (``model.matching_modes``: MASA's ``"exact"`` or
+            ``"fast"`` coarse search), which one; ``None``: :data:`DEFAULT_MATCHING`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (bfloat16 on CPUs with bfloat16 hardware, for
+            models that run in it: :func:`refsr.devices.resolve_precision`). A model passed as a module is
+            converted on a copy; the caller's stays as it is.
 
     Returns:
         The SR image, ``scale`` times larger: a PIL image (RGB) for PIL input, otherwise an ``HxWx3`` uint8
@@ -675,7 +721,8 @@ def upscale(
     if tile is not None and (isinstance(tile, bool) or int(tile) < 1):
         raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
     dev = resolve_device(device)
-    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
+    net, matching = prepare_model(model, weights, random_weights=random_weights, device=dev, matching=matching,
+                                  precision=precision)
     rule, scale = net.size_rule, net.scale
 
     # Plan from the sizes first (a file's header only): an image that cannot fit the budget is refused
@@ -685,7 +732,7 @@ def upscale(
     plan = plan_upscale(
         net, image_size(lr), [image_size(r) for r in given] if given is not None and uses_ref else None,
         budget, tile=tile, multi_ref=multi_ref, lr_name=_input_name(lr, "the LR image"),
-        ref_names=[_input_name(r, f"reference {i + 1}") for i, r in enumerate(given or [])],
+        ref_names=[_input_name(r, f"#{i + 1}") for i, r in enumerate(given or [])],
     )
 
     x = image_to_tensor(lr).to(dev)
@@ -697,20 +744,103 @@ def upscale(
             refs = [stitch_references(refs, rule)]
         refs = [pad_to_rule(r, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0] for r in refs]
     del x
-    xp = padded.lr
 
     if plan.local_self_reference:
-        run_tile = local_self_reference_runner(net, scale)
+        sr = run_tiles(local_self_reference_runner(net, scale, matching), padded.lr, scale, plan.tiles, progress)
+        out = output_to_image(padded.crop(sr))
     else:
-        run_tile = _tile_runner(net, refs)
-    del refs
-    sr = run_tiles(run_tile, xp, scale, plan.tiles, progress)
-    del run_tile, xp
-    sr = padded.crop(sr)
-    # In place: at 4096^2 every float copy of the output is 200 MB.
-    out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    del sr
+        prepared = encode_references(net, refs, matching)
+        if net.caches_reference:
+            refs.clear()  # the caches are all that is needed now
+        out = run_with_references(net, padded, prepared, plan.tiles, matching, progress)
     return Image.fromarray(out) if isinstance(lr, Image.Image) else out
+
+
+def prepare_model(model: str | torch.nn.Module, weights: str | os.PathLike | None = None, *,
+                  random_weights: bool = False, device: str | torch.device = "cpu", matching: str | None = None,
+                  precision: str = "auto") -> tuple[RefSRModel, str | None]:
+    """The model :func:`upscale` runs, on its device and in its dtype, and the matching to ask of it.
+
+    A model passed as a module and run in another dtype is converted on a copy; the caller's stays as it is.
+    The arguments are those of :func:`upscale`.
+    """
+    dev = resolve_device(device)
+    net = resolve_model(model, weights, random_weights=random_weights).to(dev).eval()
+    matching = resolve_matching(net, matching)
+    dtype = resolve_precision(precision, dev, net.precisions)
+    current = next((p.dtype for p in net.parameters() if p.is_floating_point()), torch.float32)
+    if dtype != current:
+        net = copy.deepcopy(net).to(dtype) if isinstance(model, torch.nn.Module) else net.to(dtype)
+    return net, matching
+
+
+def output_to_image(sr: torch.Tensor) -> np.ndarray:
+    """A cropped SR output ``(1,3,H,W)`` of any float dtype -> ``HxWx3`` uint8, rounded."""
+    # In place: at 4096^2 every float copy of the output is 200 MB. Inputs and outputs are float32 whatever
+    # the model computes in (MASA keeps its bicubic skip in float32).
+    return sr[0].float().clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def run_with_references(net: RefSRModel, padded: PaddedInputs, prepared: Sequence[Any], tiles: TilePlan,
+                        matching: str | None, progress: bool | None) -> np.ndarray:
+    """The uint8 SR of ``padded.lr`` (cropped), with references from :func:`encode_references` (none: the
+    model runs without).
+
+    A model that tiles itself exactly (``tiles_exactly``) does so when the plan says so (``tiles.self_tiled``:
+    it was made for one reference) and there is one; otherwise :func:`reference_runner` runs whole or in
+    cross-faded tiles (:func:`run_tiles`).
+    """
+    if tiles.self_tiled and tiles.tile is not None and len(prepared) == 1:
+        # The model tiles itself, exactly (MASA: stage by stage, whole-image matching and statistics).
+        return _run_exact_tiles(net, prepared[0], padded.lr, tiles.tile, padded, matching, progress)
+    sr = run_tiles(reference_runner(net, prepared, matching), padded.lr, net.scale, tiles, progress)
+    return output_to_image(padded.crop(sr))
+
+
+def resolve_matching(net: RefSRModel, matching: str | None) -> str | None:
+    """The matching to ask of ``net``: ``None`` for a model without a choice, else ``matching`` checked
+    against ``net.matching_modes`` (``None``: :data:`DEFAULT_MATCHING`).
+
+    Raises:
+        RefsrError: a matching the model does not offer, or any matching for a model without a choice.
+    """
+    if not net.matching_modes:
+        if matching is not None:
+            raise RefsrError(f"this model ({type(net).__name__}) has no choice of matching; leave matching unset")
+        return None
+    matching = DEFAULT_MATCHING if matching is None else matching
+    if matching not in net.matching_modes:
+        raise RefsrError(f"unknown matching {matching!r}; use one of {', '.join(net.matching_modes)}")
+    return matching
+
+
+def _matching_kwargs(matching: str | None) -> dict[str, str]:
+    """The keyword a model with a choice of matching takes (none for the others)."""
+    return {} if matching is None else {"matching": matching}
+
+
+def _run_exact_tiles(net: RefSRModel, cache: Any, lr: torch.Tensor, tile: int, padded: PaddedInputs,
+                     matching: str | None, progress: bool | None) -> np.ndarray:
+    """``net.forward_tiled`` on the padded LR, its tiles written straight into the cropped uint8 result."""
+    (top, left), (h, w), s = padded.offset, padded.size, padded.scale
+    out = np.empty((h * s, w * s, 3), dtype=np.uint8)
+    crop_top, crop_left = top * s, left * s
+
+    def write(y: int, x: int, sr: torch.Tensor) -> None:
+        # The part of this output tile inside the crop, in the tile's and in the result's coordinates.
+        y0, x0 = max(y, crop_top), max(x, crop_left)
+        y1, x1 = min(y + sr.shape[-2], crop_top + h * s), min(x + sr.shape[-1], crop_left + w * s)
+        if y1 > y0 and x1 > x0:
+            part = sr[..., y0 - y : y1 - y, x0 - x : x1 - x]
+            out[y0 - crop_top : y1 - crop_top, x0 - crop_left : x1 - crop_left] = tensor_to_image(part.float())
+
+    with _progress(0, progress, "tiles") as bar:
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        net.forward_tiled(lr, cache, tile=tile, write=write, progress=advance, **_matching_kwargs(matching))
+    return out
 
 
 def image_size(image: ImageLike) -> tuple[int, int]:
@@ -756,14 +886,17 @@ def _local_self_reference_plan(net: RefSRModel, image_size: tuple[int, int], sca
     raise last_error or RefsrError(f"the memory budget of {_format_memory(budget)} is too small for this image")
 
 
-def local_self_reference_runner(net: RefSRModel, scale: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A tile runner whose reference is each tile's own LR upscaled ``scale``x (see :class:`UpscalePlan`)."""
+def local_self_reference_runner(net: RefSRModel, scale: int,
+                                matching: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A tile runner whose reference is each tile's own LR upscaled ``scale``x (see :class:`UpscalePlan`);
+    ``matching`` from :func:`resolve_matching`."""
     rule = net.size_rule
+    kwargs = _matching_kwargs(matching)
 
     def run(tile: torch.Tensor) -> torch.Tensor:
         ref = self_reference(tile, scale)
         ref = pad_to_rule(ref, rule.ref_multiple, rule.min_ref, rule.pad_mode, centre=False)[0]
-        return net(tile, ref)
+        return net(tile, ref, **kwargs)
 
     return run
 
@@ -780,43 +913,46 @@ def _strip_pixels(net: RefSRModel, ref_size: tuple[int, int]) -> int:
     return min(height, _strip_rows(width) + 2 * halo) * width
 
 
-def encode_references(net: RefSRModel, refs: Sequence[torch.Tensor]) -> list[Any]:
+def encode_references(net: RefSRModel, refs: Sequence[torch.Tensor], matching: str | None = None) -> list[Any]:
     """Prepare each (padded) reference once, for any number of LR inputs (:func:`reference_runner`).
 
-    Models that cache their reference (``caches_reference``, MASA) get its cache, encoded in strips; for the
-    others the tensor itself is what is reused.
+    Models that cache their reference (``caches_reference``, MASA) get its cache, encoded in strips (with the
+    fast search's index when ``matching`` is ``"fast"``); for the others the tensor itself is what is reused.
     """
     if not net.caches_reference:
         return list(refs)
-    return [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1])) for r in refs]
+    kwargs = _matching_kwargs(matching)
+    return [net.encode_reference(r, strip_rows=_strip_rows(r.shape[-1]), **kwargs) for r in refs]
 
 
-def reference_runner(net: RefSRModel, prepared: Sequence[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+def reference_runner(net: RefSRModel, prepared: Sequence[Any],
+                     matching: str | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function ``lr tile (N,3,th,tw) -> SR (N,3,s*th,s*tw)`` over references from :func:`encode_references`.
 
     With several encoded references each tile is matched against every one and decoded with the one of the
     best mean match score (``multi_ref="per-tile"``). A model that cannot encode a reference on its own takes
-    several references stitched (:func:`stitch_references`).
+    several references stitched (:func:`stitch_references`). ``matching`` from :func:`resolve_matching`.
     """
     prepared = list(prepared)
+    kwargs = _matching_kwargs(matching)
     if not prepared:
-        return lambda tile: net(tile, None)
+        return lambda tile: net(tile, None, **kwargs)
     if not net.caches_reference:
         rule = net.size_rule
         ref = prepared[0]
         if len(prepared) > 1:
             ref = pad_to_rule(stitch_references(prepared, rule), rule.ref_multiple, rule.min_ref, rule.pad_mode,
                               centre=False)[0]
-        return lambda tile: net(tile, ref)
+        return lambda tile: net(tile, ref, **kwargs)
     if len(prepared) == 1:
         cache = prepared[0]
-        return lambda tile: net(tile, reference_cache=cache)
+        return lambda tile: net(tile, reference_cache=cache, **kwargs)
 
     def per_tile(tile: torch.Tensor) -> torch.Tensor:
         # Matching is cheap next to decoding: match the tile against every reference, decode with the best.
-        scores = [float(net.match_reference(tile, c).score.mean()) for c in prepared]
+        scores = [float(net.match_reference(tile, c, **kwargs).score.mean()) for c in prepared]
         best = int(np.argmax(scores))
-        return net(tile, reference_cache=prepared[best])
+        return net(tile, reference_cache=prepared[best], **kwargs)
 
     return per_tile
 
@@ -827,11 +963,3 @@ def run_tiles(run_tile: Callable[[torch.Tensor], torch.Tensor], xp: torch.Tensor
     if tiles.tile is None:
         return run_tile(xp)
     return _run_tiled(run_tile, xp, scale, tiles, progress)
-
-
-def _tile_runner(net: RefSRModel, refs: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """:func:`reference_runner` over ``refs``, which are encoded now and dropped from the caller's list."""
-    prepared = encode_references(net, refs)
-    if net.caches_reference:
-        refs.clear()  # the caller's list: drop the image tensors, the caches are all that is needed now
-    return reference_runner(net, prepared)

@@ -59,11 +59,13 @@ from refsr.inference import (
     image_size,
     image_to_tensor,
     local_self_reference_runner,
+    output_to_image,
     parse_memory,
     plan_upscale,
-    reference_runner,
+    prepare_model,
     resolve_model,
     run_tiles,
+    run_with_references,
     self_reference,
     stitch_references,
 )
@@ -209,7 +211,8 @@ class FrameUpscaler:
         frame_size: ``(h, w)`` of every frame.
         still_sizes: ``(h, w)`` of the stills offered to a frame at most at once (for the memory plan).
         temporal: offer the previous output as one more reference.
-        weights, random_weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`.
+        weights, random_weights, device, max_memory, tile, multi_ref, matching, precision: as
+            :func:`refsr.upscale`.
         progress: a bar over tiles (``None``: only on a terminal).
         frame_name, still_names: how budget errors name the frames and the stills.
 
@@ -230,6 +233,8 @@ class FrameUpscaler:
         max_memory: int | str = DEFAULT_MAX_MEMORY,
         tile: int | None = None,
         multi_ref: str = "auto",
+        matching: str | None = None,
+        precision: str = "auto",
         progress: bool | None = False,
         frame_name: str = "the video's frames",
         still_names: Sequence[str] | None = None,
@@ -238,7 +243,8 @@ class FrameUpscaler:
             raise RefsrError(f"tile must be a positive number of LR pixels, got {tile}")
         budget = parse_memory(max_memory)
         self.device = resolve_device(device)
-        self.net = resolve_model(model, weights, random_weights=random_weights).to(self.device).eval()
+        self.net, self.matching = prepare_model(model, weights, random_weights=random_weights, device=self.device,
+                                                matching=matching, precision=precision)
         self.rule = self.net.size_rule
         self.scale = int(self.net.scale)
         self.uses_ref = bool(self.net.uses_ref)
@@ -269,7 +275,8 @@ class FrameUpscaler:
         tensors = [image_to_tensor(image).to(self.device) for image in images]
         ref = tensors[0] if len(tensors) == 1 else stitch_references(tensors, self.rule)
         size = (int(ref.shape[-2]), int(ref.shape[-1]))
-        return PreparedReference(name, size, encode_references(self.net, [self._pad_reference(ref)])[0])
+        return PreparedReference(name, size,
+                                 encode_references(self.net, [self._pad_reference(ref)], self.matching)[0])
 
     def reset(self) -> None:
         """Forget the previous output (a new clip, or a cut)."""
@@ -284,23 +291,21 @@ class FrameUpscaler:
                              "does not support")
         x = image_to_tensor(frame).to(self.device)
         padded = pad_inputs(self.net, x)
-        xp = padded.lr
-        if not self.uses_ref:
-            run_tile = reference_runner(self.net, [])
-        elif self.plan.local_self_reference:
-            run_tile = local_self_reference_runner(self.net, self.scale)
+        if self.uses_ref and self.plan.local_self_reference:
+            del x
+            run_tile = local_self_reference_runner(self.net, self.scale, self.matching)
+            out = output_to_image(padded.crop(run_tiles(run_tile, padded.lr, self.scale, self.plan.tiles,
+                                                        self.progress)))
         else:
-            prepared = [s.prepared for s in stills]
-            fresh = [] if prepared else [self_reference(x, self.scale)]
-            if self.temporal and self._previous is not None:
-                fresh.append(image_to_tensor(self._previous).to(self.device))
-            prepared += encode_references(self.net, [self._pad_reference(r) for r in fresh])
-            run_tile = reference_runner(self.net, prepared)
-        del x
-        sr = run_tiles(run_tile, xp, self.scale, self.plan.tiles, self.progress)
-        del run_tile, xp
-        sr = padded.crop(sr)
-        out = sr[0].clamp_(0, 1).mul_(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            prepared: list[Any] = []
+            if self.uses_ref:
+                prepared = [s.prepared for s in stills]
+                fresh = [] if prepared else [self_reference(x, self.scale)]
+                if self.temporal and self._previous is not None:
+                    fresh.append(image_to_tensor(self._previous).to(self.device))
+                prepared += encode_references(self.net, [self._pad_reference(r) for r in fresh], self.matching)
+            del x
+            out = run_with_references(self.net, padded, prepared, self.plan.tiles, self.matching, self.progress)
         if self.temporal:
             self._previous = out
         return out
@@ -572,6 +577,8 @@ def run_video(
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     tile: int | None = None,
     multi_ref: str = "auto",
+    matching: str | None = None,
+    precision: str = "auto",
     temporal: bool = False,
     ref_video: PathLike | None = None,
     ref_frames: int | None = None,
@@ -612,7 +619,8 @@ def run_video(
                 still_sizes += [out_size, out_size]
                 still_names += [f"frames of {ref_video}"] * 2
             upscaler = FrameUpscaler(net, clip.size, still_sizes=still_sizes, temporal=temporal, device=device,
-                                     max_memory=budget, tile=tile, multi_ref=multi_ref, progress=False,
+                                     max_memory=budget, tile=tile, multi_ref=multi_ref, matching=matching,
+                                     precision=precision, progress=False,
                                      frame_name=f"the frames of {source}", still_names=still_names)
             fixed: list[PreparedReference] = []
             if stills:
@@ -715,6 +723,8 @@ def upscale_video(
     max_memory: int | str = DEFAULT_MAX_MEMORY,
     tile: int | None = None,
     multi_ref: str = "auto",
+    matching: str | None = None,
+    precision: str = "auto",
     temporal: bool = False,
     ref_video: PathLike | None = None,
     ref_frames: int | None = None,
@@ -729,8 +739,8 @@ def upscale_video(
         output: the output video; its extension (``.mp4``, ``.mkv``, ``.mov``, ``.avi``) picks the container.
         ref: stills offered to every frame: an image (PIL, array or path) or a list of them; ``None`` for
             none (each frame is then its own reference, unless ``ref_video`` gives stills).
-        model, weights, random_weights, device, max_memory, tile, multi_ref: as :func:`refsr.upscale`, per
-            frame.
+        model, weights, random_weights, device, max_memory, tile, multi_ref, matching, precision: as
+            :func:`refsr.upscale`, per frame.
         temporal: offer the previous output frame as one more reference.
         ref_video: a high-resolution version of the same clip; every ``ref_frames``-th frame is a still for
             the frames around it.
@@ -748,5 +758,5 @@ def upscale_video(
     """
     return run_video(video, output, ref, model=model, weights=weights, random_weights=random_weights,
                      device=device, max_memory=max_memory,
-                     tile=tile, multi_ref=multi_ref, temporal=temporal, ref_video=ref_video, ref_frames=ref_frames,
+                     tile=tile, multi_ref=multi_ref, matching=matching, precision=precision, temporal=temporal, ref_video=ref_video, ref_frames=ref_frames,
                      crf=crf, codec=codec, progress=progress).path

@@ -78,7 +78,7 @@ def test_equals_literal_reference(shape):
     n, _, h, w = shape[0], shape[1], shape[2], shape[3]
     for s, got, want, ref in zip((1, 2, 4), ours, expected, refs):
         assert got.shape == (n, ref.shape[1], s * h, s * w)
-        assert got.is_contiguous()
+        assert got.permute(0, 2, 3, 1).is_contiguous()  # channels-last
         assert (got - want).abs().max() < 1e-10
 
 
@@ -187,11 +187,25 @@ def test_module_wrapper_and_errors():
         masa_transfer(corr, refs[:2])
     with pytest.raises(RefsrError):
         masa_transfer(corr, [refs[0], refs[2], refs[1]])  # sizes do not fit the scales
+    with pytest.raises(RefsrError, match="floating point"):
+        masa_transfer(corr, [(r * 10).long() for r in refs])
     # Scores and features of different precision (mixed-precision training): the output follows the features.
     mixed = masa_transfer(corr, [r.float() for r in refs])
     for low, exact in zip(mixed, masa_transfer(corr, refs)):
         assert low.dtype == torch.float32
         torch.testing.assert_close(low.double(), exact, rtol=1e-5, atol=1e-6)
+
+
+def test_maps_of_another_dtype_than_the_score():
+    """A bfloat16 or float32 model matches in float32 or float64: each output takes its map's dtype and
+    equals the transfer in the score's dtype, rounded."""
+    corr, refs = mem_case(9, 1, 2, 16, 16, 12, 12)
+    expected = masa_transfer(corr, refs)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 2e-2)):
+        outputs = masa_transfer(corr, [r.to(dtype) for r in refs])
+        for out, want in zip(outputs, expected):
+            assert out.dtype == dtype
+            torch.testing.assert_close(out.double(), want, rtol=tolerance, atol=tolerance * want.abs().max().item())
 
 
 @pytest.mark.parametrize("n, h, w, height, width", [(2, 5, 6, 7, 4), (1, 3, 3, 3, 5)])

@@ -425,7 +425,7 @@ def test_upscale_pads_and_crops_any_size(lr_hw, ref_hw) -> None:
     img = load_photo("coffee.png")
     lr = np.ascontiguousarray(img[: lr_hw[0], : lr_hw[1]])
     ref = np.ascontiguousarray(load_photo("chelsea.png")[: ref_hw[0], : ref_hw[1]])
-    sr = refsr.upscale(lr, ref, model=model)
+    sr = refsr.upscale(lr, ref, model=model, precision="fp32")
     assert sr.shape == (4 * lr_hw[0], 4 * lr_hw[1], 3) and sr.dtype == np.uint8
 
     # The same by hand: LR padded centred (replicate) to a multiple of 8, Ref bottom/right to 16 (>= 32).
@@ -464,6 +464,65 @@ def test_stacked_cufed5_shape_block_arithmetic() -> None:
     assert sr.shape == (1, 3, 352, 512)
     assert corr.extras["geometry"].diameter == (87, 13)
     assert corr.index.shape == (1, 88, 128) and int(corr.index.max()) < 640 * 128
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Whole images in tiles, fast matching, bfloat16
+
+
+@pytest.mark.parametrize("config, lr_size", [
+    (dict(nf=6, encoder_blocks=(1, 2, 1), unet_blocks=(1, 1, 2), fusion_blocks=(2, 1, 2)), (48, 72)),
+    # The official block counts (the largest receptive fields), few channels.
+    (dict(nf=4, encoder_blocks=(4, 4, 4), unet_blocks=(2, 2, 2), fusion_blocks=(12, 8, 4)), (48, 72)),
+    (dict(nf=4, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1), use_sam=False), (48, 72)),
+])
+def test_forward_tiled_equals_forward(config, lr_size) -> None:
+    """Stage by stage in tiles, with whole-image MEM and SAM statistics: the untiled output to float64
+    rounding, whatever the tile (tiles smaller than every halo included)."""
+    model = randomise(MASA(**config).double(), seed=5, std=0.1)
+    lr, ref = photo_pair(lr_size=lr_size, ref_size=(96, 128))
+    with torch.no_grad():
+        whole = model(lr, ref)
+        cache = model.encode_reference(ref)
+        for tile in (8, 24, 40):
+            tiled = torch.full_like(whole, float("nan"))
+
+            def write(top, left, sr):
+                assert torch.isnan(tiled[..., top : top + sr.shape[-2], left : left + sr.shape[-1]]).all()
+                tiled[..., top : top + sr.shape[-2], left : left + sr.shape[-1]] = sr
+
+            model.forward_tiled(lr, cache, tile=tile, write=write)
+            torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)
+
+
+def test_bfloat16_model_takes_float32_images() -> None:
+    """A bfloat16 MASA (refsr.upscale's precision="bf16") runs on float32 inputs, matches in float32 and
+    returns float32 close to the float32 model's output."""
+    torch.manual_seed(0)
+    model = randomise(MASA(**TINY), seed=7, std=0.05).eval()
+    lr, ref = (x.float() for x in photo_pair())
+    with torch.no_grad():
+        expected = model(lr, ref)
+        model = model.to(torch.bfloat16)
+        sr, corr = model(lr, ref, return_correspondence=True)
+    assert sr.dtype == torch.float32 and corr.score.dtype == torch.float32
+    assert model.compute_dtype == torch.bfloat16
+    assert float((sr - expected).abs().max()) < 0.05
+
+
+def test_fast_matching_option() -> None:
+    """matching="fast" on a reference too small for an index is the exact search; the choice is checked."""
+    model = MASA(**TINY, matching="fast").eval()
+    lr, ref = (x.float() for x in photo_pair())
+    with torch.no_grad():
+        fast = model(lr, ref)
+        exact = model(lr, ref, matching="exact")
+        assert model.encode_reference(ref).block_index is None  # no index: it would not save work
+    torch.testing.assert_close(fast, exact, rtol=0, atol=0)
+    with pytest.raises(RefsrError, match="matching"):
+        MASA(**TINY, matching="approximate")
+    with pytest.raises(RefsrError, match="matching"):
+        model(lr, ref, matching="approximate")
 
 
 # ---------------------------------------------------------------------------------------------------------

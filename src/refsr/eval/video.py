@@ -308,7 +308,9 @@ def _method_runner(net: torch.nn.Module, method: str, size: tuple[int, int], spa
     out_size = hr[0].shape[:2]
     upscaler = FrameUpscaler(net, size, still_sizes=[out_size, out_size] if with_stills else (),
                              temporal=method == "Stills + temporal", device=device, max_memory=max_memory,
-                             multi_ref="per-tile")
+                             multi_ref="per-tile", precision="fp32",
+                             # The protocol's numbers are the model's own: float32 and its exact matching.
+                             matching=net.matching_modes[0] if net.matching_modes else None)
     prepared: dict[int, PreparedReference] = {}
 
     def run(t: int, frame: np.ndarray) -> np.ndarray:

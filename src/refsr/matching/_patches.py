@@ -27,6 +27,7 @@ __all__ = [
     "patch_norms",
     "patch_cosine_at",
     "element_size",
+    "leading_axes",
 ]
 
 #: Lower bound on patch norms before dividing; the default of ``F.normalize``, which TTSR, C2-Matching's
@@ -153,3 +154,27 @@ def patch_cosine_at(
     # Norms of all key patches (a cheap box filter), then picked at the index.
     key_norm = torch.gather(patch_norms(key_padded, patch_size), 1, index.flatten(1)).view(n, h, w)
     return dot / (query_norm.clamp_min(eps) * key_norm.clamp_min(eps))
+
+
+def leading_axes(rows: torch.Tensor, dim: int, *, seed: int = 0x5EED) -> tuple[torch.Tensor, float]:
+    """The ``dim`` leading principal axes ``(D, dim)`` of the rows ``(S, D)`` (uncentred second moment, leading
+    axis first) and the share of the rows' energy they hold.
+
+    Randomised subspace iteration (Halko, Martinsson & Tropp 2011): a few thin matrix products and a
+    ``(dim + 8)``-square eigendecomposition instead of one of the ``D``-square second-moment matrix, which
+    costs more than a whole search at large ``D`` (and LAPACK's on a busy machine, far more). Deterministic:
+    the start has a fixed seed.
+    """
+    rows = rows.float()
+    total_energy = float(rows.pow(2).sum())
+    if total_energy == 0:
+        return torch.eye(rows.shape[1], dim, device=rows.device), 1.0
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    oversampled = min(rows.shape[1], dim + 8)
+    basis = torch.randn(rows.shape[1], oversampled, generator=generator).to(rows.device)
+    for _ in range(2):
+        basis = torch.linalg.qr(rows.T @ (rows @ basis)).Q
+    projected = rows @ basis  # (S, oversampled)
+    values, vectors = torch.linalg.eigh(projected.T @ projected)
+    axes = basis @ vectors[:, -dim:].flip(1)
+    return axes, min(1.0, float(values[-dim:].sum()) / total_energy)

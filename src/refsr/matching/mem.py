@@ -27,9 +27,27 @@ from refsr.matching._patches import (
     element_size,
     patch_cosine_at,
 )
+from refsr.matching.block_search import (
+    DEFAULT_PROBES,
+    BlockIndex,
+    build_block_index,
+    index_saves_work,
+    search_blocks,
+)
 from refsr.matching.correspondence import Correspondence
 
-__all__ = ["MEMGeometry", "mem_geometry", "match_mem", "MEMMatcher", "DEFAULT_MAX_BYTES"]
+__all__ = [
+    "MEMGeometry",
+    "mem_geometry",
+    "match_mem",
+    "crop_mem_correspondence",
+    "MEMMatcher",
+    "DEFAULT_MAX_BYTES",
+    "COARSE_SEARCHES",
+]
+
+#: The coarse searches of :func:`match_mem`.
+COARSE_SEARCHES = ("exact", "fast")
 
 #: Default working-memory budget of one chunk of blocks.
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -133,6 +151,9 @@ def match_mem(
     dilations: Sequence[int] = (1, 2, 3),
     max_bytes: int = DEFAULT_MAX_BYTES,
     key_patch_norm_eps: float = DEFAULT_NORM_EPS,
+    coarse: str = "exact",
+    key_index: Sequence[BlockIndex] | None = None,
+    probes: int = DEFAULT_PROBES,
 ) -> Correspondence:
     """MASA's coarse-to-fine matching of LR features (query) against Ref↓ features (key).
 
@@ -162,8 +183,21 @@ def match_mem(
 
     Ties: the lowest index wins in both searches (the official ``topk`` does not promise an order).
 
+    Coarse search (``coarse``): ``"exact"`` scores every Ref↓ position (the official rule; its cost grows
+    with LR pixels x Ref↓ pixels). ``"fast"`` searches an index of the Ref↓ positions
+    (:mod:`refsr.matching.block_search`: probe the nearest clusters, score their positions exactly, refine
+    around the winner), whose cost per block does not grow with the reference; it finds the exact best
+    position for >= 99 % of the blocks on real features and a near-tie for the rest. When the index would
+    not save work (at most :data:`~refsr.matching.block_search.INDEX_MIN_CLUSTERS` clusters, i.e. a Ref↓ of
+    up to about 32k positions) and no ``key_index`` is given, ``"fast"`` runs the exact search. The fine
+    search is the same either way.
+
     Memory: coarse scores are computed for chunks of blocks (``2 * H * W`` values per block) and the fine
-    search for chunks of blocks (window patches and similarities), each chunk within ``max_bytes``.
+    search for chunks of blocks (window patches and similarities), each chunk within ``max_bytes``; the LR
+    map is read chunk by chunk (no padded or converted copy of it), the key is copied once, channels-last.
+
+    Precision: float16 and bfloat16 features are matched in float32 (``score`` then comes back in float32):
+    an argmax over near-equal cosines needs the mantissa.
 
     Gradients: indices are found under ``torch.no_grad``. When autograd is on and either map requires
     grad, ``score`` is recomputed from the two maps at the chosen indices and is differentiable with
@@ -180,6 +214,10 @@ def match_mem(
             the padded block); MASA passes (1, 2, 3).
         max_bytes: working-memory budget of one chunk, in bytes.
         key_patch_norm_eps: lower bound on every patch norm, as ``F.normalize``'s ``eps`` (1e-12).
+        coarse: ``"exact"`` or ``"fast"`` (see above).
+        key_index: one :class:`~refsr.matching.block_search.BlockIndex` of ``key`` per batch item (built
+            once per reference, e.g. by :meth:`refsr.models.MASA.encode_reference`); with ``"fast"`` only.
+        probes: clusters searched per block by the fast search.
 
     Returns:
         :class:`Correspondence` with ``index`` ``(N, h, w)``, the flat Ref↓ position ``y * W + x`` of the
@@ -195,6 +233,7 @@ def match_mem(
           ``(l // dx, l % dx)`` and its centre one pixel further down and right;
         - ``coarse_index`` ``LongTensor (N, py*px)`` and ``coarse_score`` ``(N, py*px)`` (detached sum of
           cosines over dilations) from the coarse match;
+        - ``coarse``: the coarse search that ran, ``"exact"`` or ``"fast"``;
         - ``geometry``: the :class:`MEMGeometry`.
 
     Raises:
@@ -205,6 +244,8 @@ def match_mem(
         raise RefsrError(f"MEM (MASA) matches 3x3 patches only; got patch_size={patch_size!r}")
     if max_bytes <= 0:
         raise RefsrError(f"max_bytes must be positive; got {max_bytes}")
+    if coarse not in COARSE_SEARCHES:
+        raise RefsrError(f"unknown coarse search {coarse!r}; use one of {', '.join(COARSE_SEARCHES)}")
     n, c, h, w = query.shape
     height, width = key.shape[-2:]
     geometry = mem_geometry(
@@ -224,13 +265,28 @@ def match_mem(
             f"dilations must be integers in 1..{max_dilation} for lr_block_size={k}; got {dilations!r}"
         )
     eps = key_patch_norm_eps
-    itemsize = element_size(query.dtype)
+    if key_index is not None:
+        key_index = list(key_index)
+        if coarse != "fast":
+            raise RefsrError("key_index is for coarse='fast'")
+        if len(key_index) != n or any(i.size != (height, width) or i.dilations != dilations for i in key_index):
+            raise RefsrError(
+                f"key_index must hold one index per batch item ({n}) of a {height}x{width} key with dilations "
+                f"{dilations}; build it with refsr.matching.block_search.build_block_index"
+            )
+    fast = coarse == "fast" and (key_index is not None or index_saves_work(height * width, probes))
+    # Half-precision features are matched in float32: an argmax over near-equal cosines needs the mantissa.
+    work = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    itemsize = element_size(work)
     device = query.device
 
-    query_padded = F.pad(query, (1, 1, 1, 1), mode="replicate")
+    def padded_index(padded: torch.Tensor, size: int) -> torch.Tensor:
+        """Rows (or columns) of the replicate-padded LR map -> those of the LR map: no padded copy of it."""
+        return (padded - 1).clamp(0, size - 1)
+
     with torch.no_grad():
-        lr_padded = query_padded.detach()
-        key_map = key.detach()
+        lr_map = query.detach()
+        key_map = key.detach().to(work)
 
         # ---- coarse match: block centre patches as convolution filters over the whole Ref↓ map ----
         taps = torch.tensor([-1, 0, 1], device=device)
@@ -242,23 +298,33 @@ def match_mem(
         for d in dilations:
             rows = centre_rows[:, None] + d * taps  # (py, 3)
             cols = centre_cols[:, None] + d * taps  # (px, 3)
-            patch = lr_padded[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (N, C, py, px, 3, 3)
-            patch = patch.permute(0, 2, 3, 1, 4, 5).reshape(n, num_blocks, c, 3, 3)
+            patch = lr_map[:, :, padded_index(rows, h)[:, None, :, None], padded_index(cols, w)[None, :, None, :]]
+            patch = patch.to(work).permute(0, 2, 3, 1, 4, 5).reshape(n, num_blocks, c, 3, 3)  # (N, blocks, C, 3, 3)
             patch_norm = patch.flatten(2).norm(dim=2).clamp_min(eps)
             filters.append(patch / patch_norm[:, :, None, None, None])
             key_norm = box_sum(key_energy, 3, dilation=d, padding=d).clamp_min(0).sqrt().flatten(1)
             key_inv_norms.append(key_norm.clamp_min(eps).reciprocal())
 
-        # Channels-last copies: oneDNN convolves them faster, and the gathers below copy runs of C values.
+        # A channels-last copy of the key: oneDNN convolves it faster, and the gathers below copy runs of C
+        # values. (The LR map is read chunk by chunk below: no whole-map copy of it.)
         key_rows = key_map.permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
-        lr_rows = lr_padded.permute(0, 2, 3, 1).contiguous()  # (N, h+2, w+2, C)
 
         coarse_index = torch.empty(n, num_blocks, dtype=torch.long, device=device)
-        coarse_score = query.new_empty(n, num_blocks)
+        coarse_score = key_map.new_empty(n, num_blocks)
         # Per block: the running sum and one convolution output, H*W values each, plus room for the
         # convolution's internal copy of its output.
         coarse_chunk = max(1, int(max_bytes // (3 * height * width * itemsize)))
         for sample in range(n):
+            if fast:
+                # [q_d / |q_d|]_d in the index's tap order: per dilation, rows of the 3x3 taps, C each.
+                descriptors = torch.stack([f[sample] for f in filters], dim=1)  # (blocks, dilations, C, 3, 3)
+                descriptors = descriptors.permute(0, 1, 3, 4, 2).reshape(num_blocks, -1)
+                sample_index = key_index[sample] if key_index is not None else build_block_index(
+                    key_map[sample : sample + 1], dilations, eps=eps)
+                best_index, best_score = search_blocks(sample_index, descriptors, probes=probes, grid=(py, px), step=k)
+                coarse_index[sample] = best_index
+                coarse_score[sample] = best_score.to(coarse_score.dtype)
+                continue
             key_sample = key_rows[sample : sample + 1].permute(0, 3, 1, 2)  # NCHW view, channels-last
             for start in range(0, num_blocks, coarse_chunk):
                 stop = min(start + coarse_chunk, num_blocks)
@@ -283,12 +349,7 @@ def match_mem(
         window_h, window_w = geometry.window_size
 
         # ---- fine match: dense 3x3 patches of each padded block against those of its window ----
-        s_n, s_y, s_x, s_c = lr_rows.stride()
-        # A view, no copy: [n, by, bx, a, b, ty, tx, c] = padded LR at (by*k + a + ty, bx*k + b + tx), c;
-        # i.e. for block (by, bx) the 3x3 patch of its padded block at (a, b), in (ty, tx, c) order.
-        block_patches = lr_rows.as_strided(
-            (n, py, px, k, k, 3, 3, c), (s_n, k * s_y, k * s_x, s_y, s_x, s_y, s_x, s_c), 0
-        )
+        all_columns = padded_index(torch.arange(w + 2, device=device), w)
         window_rows = torch.arange(window_h, device=device)
         window_cols = torch.arange(window_w, device=device)
         # Per block: the window, the block's k*k patches as filters, the similarities (twice).
@@ -298,12 +359,21 @@ def match_mem(
         rows_per_chunk = max(1, int(max_bytes // (per_block * px)))
         local_index = torch.empty(n, num_blocks, k * k, dtype=torch.long, device=device)
         # q . k / |k| of the winners: divided by |q| this is the score when no gradient is wanted.
-        best_scaled_dot = query.new_empty(n, num_blocks, k * k)
+        best_scaled_dot = key_map.new_empty(n, num_blocks, k * k)
         for sample in range(n):
             for first_row in range(0, py, rows_per_chunk):
                 last_row = min(first_row + rows_per_chunk, py)
                 chunk = slice(first_row * px, last_row * px)
                 count = chunk.stop - chunk.start
+                # The chunk's padded block rows, channels-last: (rows, w + 2, C).
+                padded_rows = padded_index(torch.arange(first_row * k, last_row * k + 2, device=device), h)
+                lr_rows = lr_map[sample][:, padded_rows][:, :, all_columns].to(work).permute(1, 2, 0).contiguous()
+                s_y, s_x, s_c = lr_rows.stride()
+                # A view, no copy: [by, bx, a, b, ty, tx, c] = padded LR at (by*k + a + ty, bx*k + b + tx), c;
+                # i.e. for block (by, bx) the 3x3 patch of its padded block at (a, b), in (ty, tx, c) order.
+                block_patches = lr_rows.as_strided(
+                    (last_row - first_row, px, k, k, 3, 3, c), (k * s_y, k * s_x, s_y, s_x, s_y, s_x, s_c), 0
+                )
                 # Modulo reproduces the official negative-index wrap; a no-op for windows inside the map.
                 rows = (window_rows[:, None] + origin_y[sample, chunk]) % height  # (window_h, B)
                 cols = (window_cols[:, None] + origin_x[sample, chunk]) % width  # (window_w, B)
@@ -317,7 +387,7 @@ def match_mem(
                 # Each block's k*k patches become k*k filters of a grouped convolution over its own
                 # window: the dot products of unfolding the window, without materialising its
                 # 9C x dy*dx patch matrix.
-                filters = block_patches[sample, first_row:last_row].reshape(count * k * k, 3, 3, c)
+                filters = block_patches.reshape(count * k * k, 3, 3, c)
                 stacked = windows.reshape(1, window_h, window_w, count * c).permute(0, 3, 1, 2)
                 products = F.conv2d(stacked, filters.permute(0, 3, 1, 2), groups=count)
                 # (1, B*k*k, dy, dx) -> (dy*dx, B, k*k): a view of oneDNN's channels-last output (a copy
@@ -328,7 +398,7 @@ def match_mem(
                 best, best_at = products.view(dy * dx, count * k * k).max(dim=0)
                 best_scaled_dot[sample, chunk] = best.view(count, k * k)
                 local_index[sample, chunk] = best_at.view(count, k * k)
-                del windows, filters, stacked, products
+                del windows, filters, stacked, products, lr_rows, block_patches
 
         local_index = local_index.view(n, num_blocks, k, k)
         centre_y = (origin_y[:, :, None, None] + local_index // dx + 1) % height
@@ -340,11 +410,17 @@ def match_mem(
         # The score, recomputed with autograd: replicate-padded query patches (as the blocks are cut) and
         # a circularly padded key (only read when a window wraps; otherwise matched patches are interior).
         score = patch_cosine_at(
-            query_padded, F.pad(key, (1, 1, 1, 1), mode="circular"), global_index, (height, width), 3, eps
+            F.pad(query, (1, 1, 1, 1), mode="replicate"), F.pad(key, (1, 1, 1, 1), mode="circular"), global_index,
+            (height, width), 3, eps
         )
     else:
-        # Same number without a second pass over the features: the search's q . k / |k| over |q|.
-        query_norm = box_sum(lr_padded.pow(2).sum(dim=1, keepdim=True), 3).clamp_min(0).sqrt()[:, 0]
+        # Same number without a second pass over the features: the search's q . k / |k| over |q|. The
+        # per-pixel energies row by row, so that no squared copy of the whole map exists.
+        energy = key_map.new_empty(n, 1, h, w)
+        for top in range(0, h, 64):
+            energy[:, :, top : top + 64] = lr_map[:, :, top : top + 64].to(work).pow(2).sum(dim=1, keepdim=True)
+        energy = F.pad(energy, (1, 1, 1, 1), mode="replicate")
+        query_norm = box_sum(energy, 3).clamp_min(0).sqrt()[:, 0]
         scaled_dot = best_scaled_dot.view(n, py, px, k, k).permute(0, 1, 3, 2, 4).reshape(n, h, w)
         score = scaled_dot / query_norm.clamp_min(eps)
     extras = {
@@ -355,9 +431,45 @@ def match_mem(
         "local_index": local_index,
         "coarse_index": coarse_index,
         "coarse_score": coarse_score,
+        "coarse": "fast" if fast else "exact",
         "geometry": geometry,
     }
     return Correspondence(index=global_index, score=score, key_size=(height, width), extras=extras)
+
+
+def crop_mem_correspondence(corr: Correspondence, top: int, left: int, height: int, width: int) -> Correspondence:
+    """The part of a :func:`match_mem` correspondence that covers LR rows ``top:top+height`` and columns
+    ``left:left+width``, a region of whole blocks: what ``match_mem`` of the whole image says about it.
+
+    Everything downstream of MEM works block by block (:func:`refsr.matching.transfer.masa_transfer`
+    transfers each block from its own window), so transferring the crop gives the same values as cropping
+    the whole image's transfer, and a whole-image correspondence can be computed once and used by tiles.
+    """
+    k = int(corr.extras["block_size"])
+    if top % k or left % k or height % k or width % k or height < k or width < k:
+        raise RefsrError(f"crop_mem_correspondence needs whole {k}x{k} blocks; got rows {top}+{height}, "
+                         f"columns {left}+{width}")
+    py, px = corr.extras["block_grid"]
+    rows, cols = slice(top // k, (top + height) // k), slice(left // k, (left + width) // k)
+    if rows.stop > py or cols.stop > px:
+        raise RefsrError(f"the region {top}+{height} x {left}+{width} is outside the {py * k}x{px * k} LR map")
+    n = corr.index.shape[0]
+    grid = (rows.stop - rows.start, cols.stop - cols.start)
+
+    def blocks(t: torch.Tensor) -> torch.Tensor:
+        """``(N, py*px, ...)`` -> the region's blocks, row-major."""
+        return t.reshape(n, py, px, *t.shape[2:])[:, rows, cols].reshape(n, grid[0] * grid[1], *t.shape[2:])
+
+    extras = dict(corr.extras)
+    extras.update(
+        block_grid=grid,
+        window_origin=blocks(corr.extras["window_origin"]),
+        local_index=blocks(corr.extras["local_index"]),
+        coarse_index=blocks(corr.extras["coarse_index"]),
+        coarse_score=blocks(corr.extras["coarse_score"]),
+    )
+    region = (slice(None), slice(top, top + height), slice(left, left + width))
+    return Correspondence(index=corr.index[region], score=corr.score[region], key_size=corr.key_size, extras=extras)
 
 
 class MEMMatcher(nn.Module):

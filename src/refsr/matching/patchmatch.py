@@ -95,6 +95,7 @@ from refsr.matching._patches import (
     DEFAULT_NORM_EPS,
     check_pair,
     check_patch_size,
+    leading_axes,
     patch_cosine_at,
     patch_norms,
 )
@@ -374,10 +375,9 @@ def _principal_axes(
     """Leading ``dim`` principal axes ``(C*p*p, dim)`` of the normalised patches, and the energy they hold.
 
     ``query_padded`` and ``key_padded`` are one batch item each, ``(1, C, ·, ·)``: the axes of a pair depend
-    on that pair alone. Randomised subspace iteration (Halko, Martinsson & Tropp 2011) on the sampled patch
-    matrix: a few thin matrix products instead of a full eigendecomposition of the ``C*p*p`` square
-    second-moment matrix, which would cost more than the whole search at C=256. Uncentred, because it is
-    inner products we approximate: their error is the energy outside the kept subspace.
+    on that pair alone. :func:`~refsr.matching._patches.leading_axes` of the sampled, normalised patches.
+    Uncentred, because it is inner products we approximate: their error is the energy outside the kept
+    subspace.
     """
     rows = torch.cat(
         [
@@ -386,20 +386,7 @@ def _principal_axes(
         ]
     ).float()
     rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(eps)
-    total_energy = float(rows.pow(2).sum())
-    if total_energy == 0:
-        return torch.eye(rows.shape[1], dim, device=rows.device), 1.0
-    # Fixed seed: the axes (hence the result) must not depend on the global RNG.
-    generator = torch.Generator(device="cpu").manual_seed(0x5EED)
-    oversampled = min(rows.shape[1], dim + 8)
-    basis = torch.randn(rows.shape[1], oversampled, generator=generator).to(rows.device)
-    for _ in range(2):
-        basis = torch.linalg.qr(rows.T @ (rows @ basis)).Q
-    projected = rows @ basis  # (S, oversampled)
-    values, vectors = torch.linalg.eigh(projected.T @ projected)
-    axes = basis @ vectors[:, -dim:].flip(1)
-    energy = float(values[-dim:].sum()) / total_energy
-    return axes, min(1.0, energy)
+    return leading_axes(rows, dim)
 
 
 def _prepare_level(

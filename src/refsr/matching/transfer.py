@@ -24,11 +24,14 @@ times the LR size, with the same result as the official ``MASA.transfer`` applie
 * blocks are put back in place.
 
 The official code materialises ``F.unfold(kernel 3s, stride s)`` of every block's window at once (about
-1.6 GB for LR 128^2 at ``s = 4``). Here each output pixel is computed directly as a weighted sum of the
-(at most) 9 Ref pixels that fold onto it, weights ``attention / count``, with one ``F.embedding_bag`` over
-a channels-last copy of the Ref map: peak extra memory is that copy, the output, and an index and a
-weight per output pixel and patch cell (about 250 MB at LR 128^2 with C = 64, all three scales). The
-summation order differs from ``F.fold``'s, so results agree to rounding (about 1e-16 in float64).
+1.6 GB for LR 128^2 at ``s = 4``). Here a matched Ref↓ pixel ``(y, x)`` stands for the ``s x s`` cell of the
+Ref map at ``(y*s, x*s)``, and each row of that cell is ``s*C`` consecutive values of the channels-last Ref
+map. So every output row of an LR pixel's cell is one weighted sum (weights ``1/count``, 0 for absent
+patches) of the 9 cell rows that fold onto it: ``s`` calls of ``F.embedding_bag`` over the Ref map viewed
+as a table of such rows (no copy when it is channels-last already), indexed at LR resolution; then the
+attention multiplies the result in place. Peak extra memory is the output and an index and a weight per LR
+pixel and patch cell. The summation order differs from ``F.fold``'s, so results agree to rounding (about
+1e-16 in float64).
 """
 
 from __future__ import annotations
@@ -69,12 +72,14 @@ def masa_transfer(
         corr: the result of :func:`~refsr.matching.mem.match_mem` for LR ``(N, C, h, w)`` and Ref↓
             ``(N, C, H, W)``; its ``extras`` must hold ``block_size``, ``block_grid``, ``window_origin``,
             ``window_size`` and ``local_index``.
-        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``, same float dtype as ``corr.score``
-            (MASA: the Ref encoder's L3, L2, L1 for scales 1, 2, 4).
+        ref_feats: one map per scale, ``(N, C_s, s*H, s*W)``, any float dtype (MASA: the Ref encoder's
+            L3, L2, L1 for scales 1, 2, 4); each output has its map's dtype. The attention is resized in the
+            score's dtype (matching runs in float32 for a bfloat16 model) and then cast.
         scales: the integer scale ``s`` of each map, relative to Ref↓.
 
     Returns:
-        One map per scale, ``(N, C_s, s*h, s*w)``, contiguous, in the order of ``scales``.
+        One map per scale, ``(N, C_s, s*h, s*w)``, channels-last (memory ``(N, s*h, s*w, C_s)``), in the order
+        of ``scales``.
     """
     missing = [name for name in _NEEDED_EXTRAS if name not in corr.extras]
     if missing:
@@ -124,11 +129,12 @@ def masa_transfer(
             cell_y.append(_blocks_to_map(padded_y[window] + t, (py, px)))
             cell_x.append(_blocks_to_map(padded_x[window] + u, (py, px)))
             cell_present.append(_blocks_to_map(present[window], (py, px)))
-    source_y = torch.stack(cell_y, dim=-1)[:, :, None, :, None, :]  # (N, h, 1, w, 1, 9)
-    source_x = torch.stack(cell_x, dim=-1)[:, :, None, :, None, :]
-    source_present = torch.stack(cell_present, dim=-1)[:, :, None, :, None, :]
-    # The official divisor: how many patches of the block land on the pixel.
-    count = source_present.sum(dim=-1)  # (N, h, 1, w, 1)
+    source_y = torch.stack(cell_y, dim=-1)  # (N, h, w, 9)
+    source_x = torch.stack(cell_x, dim=-1)
+    source_present = torch.stack(cell_present, dim=-1)
+    # The official divisor: how many patches of the block land on the pixel. Folded into the weights of the
+    # sum, with "absent" as weight 0.
+    count = source_present.sum(dim=-1, keepdim=True)  # (N, h, w, 1)
     score_blocks = corr.score.reshape(n, py, k, px, k).transpose(2, 3).reshape(n * num_blocks, 1, k, k)
 
     outputs = []
@@ -138,31 +144,31 @@ def masa_transfer(
                 f"Ref features for scale {s} must be (N={n}, C, {s * height}, {s * width}); "
                 f"got {tuple(ref.shape)}"
             )
+        if not ref.is_floating_point():
+            raise RefsrError(f"Ref features must be floating point; got {ref.dtype}")
         channels = ref.shape[1]
         ref_h, ref_w = s * height, s * width
-        # The Ref map as rows of C values, one row per pixel (a channels-last copy; reshape alone may
-        # return a strided view, which sends embedding_bag down a slow path).
-        table = ref.permute(0, 2, 3, 1).contiguous().view(n * ref_h * ref_w, channels)
-        sub = torch.arange(s, device=device)
-        sample_base = (torch.arange(n, device=device) * (ref_h * ref_w)).view(n, 1, 1, 1, 1, 1)
-        # Broadcasting builds (N, h, s, w, s, 9) directly in output-pixel order, with no permutes.
-        rows = (source_y * s + sub.view(1, 1, s, 1, 1, 1)) % ref_h
-        cols = (source_x * s + sub.view(1, 1, 1, 1, s, 1)) % ref_w
-        source = (sample_base + rows * ref_w + cols).masked_fill(~source_present, 0)  # 0: weight is 0
-        del rows, cols
-
-        # The scores may be float32 while the features are bfloat16 (mixed precision): the weights follow the
-        # features, which are what is summed.
-        attention = F.interpolate(score_blocks.to(ref.dtype), size=(k * s, k * s), mode="bilinear",
-                                  align_corners=False)
+        # A matched Ref↓ pixel (y, x) stands for the s x s cell of the Ref map at (y*s, x*s): row u of it is
+        # s*C values that lie together in a channels-last map. So the map, channels-last, is a table of
+        # rows of s*C values (a view when it is channels-last already), row ((y*s + u) * W + x) of sample n
+        # at n*s*H*W + ...; every output row u of an LR pixel's cell is one weighted sum of 9 table rows.
+        table = ref.permute(0, 2, 3, 1).contiguous().view(n * ref_h * width, s * channels)
+        weights = (source_present.double() / count).to(ref.dtype).view(-1, 9)
+        cell_rows = (source_y % height) * s  # first Ref row of each matched cell; modulo: wrapping windows
+        cell_cols = source_x % width
+        sample_base = (torch.arange(n, device=device) * (ref_h * width)).view(n, 1, 1, 1)
+        out = ref.new_empty(n, h, s, w, s * channels)  # (N, h*s, w*s, C) in memory: channels-last
+        for u in range(s):
+            # Absent contributions point at row 0 with weight 0.
+            source = (sample_base + (cell_rows + u) * width + cell_cols).masked_fill_(~source_present, 0)
+            out[:, :, u] = F.embedding_bag(source.view(-1, 9), table, per_sample_weights=weights,
+                                           mode="sum").view(n, h, w, s * channels)
+        del table, weights
+        # The soft attention: the block's scores resized to its k*s x k*s output pixels, per block.
+        attention = F.interpolate(score_blocks, size=(k * s, k * s), mode="bilinear", align_corners=False)
         attention = _blocks_to_map(attention.view(n, num_blocks, k * s, k * s), (py, px))  # (N, h*s, w*s)
-        # out = (sum of present rows) / count * attention, as one weighted sum per output pixel:
-        # embedding_bag gathers and sums in one pass, without 9 output-sized intermediates.
-        scale = attention.view(n, h, s, w, s) / count.to(ref.dtype)
-        weights = source_present.to(ref.dtype) * scale[..., None]  # (N, h, s, w, s, 9)
-        out = F.embedding_bag(source.view(-1, 9), table, per_sample_weights=weights.view(-1, 9), mode="sum")
-        del table, source, weights
-        outputs.append(out.view(n, h * s, w * s, channels).permute(0, 3, 1, 2).contiguous())
+        out = out.view(n, h * s, w * s, channels).mul_(attention.to(ref.dtype)[..., None])
+        outputs.append(out.permute(0, 3, 1, 2))
     return outputs
 
 

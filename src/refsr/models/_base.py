@@ -43,6 +43,17 @@ class RefSRModel(torch.nn.Module):
             each with :meth:`encoder_halo` rows of context), ``match_reference(lr, cache) ->``
             :class:`~refsr.matching.Correspondence` (cheap: picks the best of several references) and
             ``forward(lr, reference_cache=cache)``.
+        matching_modes: the correspondence searches the model offers, exact one first; ``forward``,
+            ``encode_reference``, ``match_reference`` and ``forward_tiled`` then take ``matching=`` (MASA:
+            ``("exact", "fast")``). Empty: no choice.
+        precisions: the number formats the model runs in (``"fp32"``, ``"bf16"``), for
+            :func:`refsr.devices.resolve_precision`. Converted to another of them (``model.to(dtype)``), the
+            model still takes float32 images and casts them itself.
+        tiles_exactly: the model runs a whole image in tiles itself, with the untiled result:
+            ``forward_tiled(lr, reference_cache, tile=, write=, matching=, progress=)`` (needs
+            ``caches_reference``); :func:`refsr.upscale` uses it instead of cross-faded tiles.
+        max_tile: for ``tiles_exactly`` models, the largest tile ``forward_tiled`` runs (a larger one is cut
+            to it); the memory plan then never counts on a larger one. ``None``: no limit.
     """
 
     scale: int = 4
@@ -52,6 +63,10 @@ class RefSRModel(torch.nn.Module):
     memory_cost: MemoryCost = GENERIC_MEMORY_COST
     exposes_correspondence: bool = False
     caches_reference: bool = False
+    matching_modes: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ("fp32",)
+    tiles_exactly: bool = False
+    max_tile: int | None = None
 
     def encoder_halo(self) -> int:
         """Rows of context a reference strip needs to encode exactly as the whole reference (0: no strips)."""

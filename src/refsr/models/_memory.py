@@ -21,6 +21,9 @@ class MemoryCost:
         per_parameter: per model parameter (the weights, float32).
         per_image_pixel: per LR pixel of the whole (padded) image: the output canvas, the uint8 result and
             the encoded file, which live for the whole run.
+        per_image_pixel_tiled: when not 0, per LR pixel of the whole image *instead of* ``per_image_pixel``
+            when the image runs in tiles: what a model that tiles itself (``tiles_exactly``) keeps of the whole
+            image between its stages, and its 8-bit result (it needs no float canvas).
         per_tile_pixel: per LR pixel of one tile: the model's working set for the LR side, the matching's
             per-pixel buffers, the texture transfer and the decoder (the largest term).
         per_ref_pixel: per reference pixel, the cached reference features kept for every tile.
@@ -35,6 +38,7 @@ class MemoryCost:
     fixed: int
     per_parameter: float = 4.0
     per_image_pixel: float = 0.0
+    per_image_pixel_tiled: float = 0.0
     per_tile_pixel: float = 0.0
     per_ref_pixel: float = 0.0
     per_ref_pixel_encoding: float = 0.0

@@ -70,7 +70,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,10 +79,11 @@ from torch import nn
 from refsr.errors import RefsrError
 from refsr.imresize import imresize
 from refsr.matching.correspondence import Correspondence
-from refsr.matching.mem import MEMGeometry, match_mem, mem_geometry
+from refsr.matching.block_search import BlockIndex, build_block_index, index_saves_work
+from refsr.matching.mem import COARSE_SEARCHES, MEMGeometry, crop_mem_correspondence, match_mem, mem_geometry
 from refsr.matching.transfer import masa_transfer
 from refsr.models._base import RefSRModel
-from refsr.models._blocks import ResBlock, conv2d
+from refsr.models._blocks import ResBlock, conv2d, conv_relu
 from refsr.models._convert import KeyRenames, listing
 from refsr.models._memory import MemoryCost
 from refsr.models._registry import WeightsInfo, build_variant, register_converter, register_model
@@ -92,6 +93,8 @@ __all__ = [
     "MASA",
     "MASAReferenceCache",
     "MASA_MEMORY_COST",
+    "SAMStatistics",
+    "channel_var_mean",
     "ResBlock",
     "SAM",
     "DRAM",
@@ -120,7 +123,7 @@ class _Level(nn.Module):
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(F.relu(self.conv(x), inplace=True))
+        return self.blocks(conv_relu(self.conv, x))
 
 
 class _Encoder(nn.Module):
@@ -192,6 +195,46 @@ def adapt_statistics(
     return torch.addcmul(beta, normalised, gamma)
 
 
+def channel_var_mean(x: torch.Tensor, correction: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.var_mean(x, dim=(2, 3), correction=correction, keepdim=True)``, fast for channels-last maps.
+
+    A reduction over H and W of a channels-last tensor strides over memory; reducing the ``(N, H, W, C)``
+    view over its middle dimensions runs along contiguous channels instead (about 10x faster on the large
+    maps of MASA's x4 fusion). Same values up to the summation order.
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        var, mean = torch.var_mean(x.permute(0, 2, 3, 1), dim=(1, 2), correction=correction)
+        return var[:, :, None, None], mean[:, :, None, None]
+    return torch.var_mean(x, dim=(2, 3), correction=correction, keepdim=True)
+
+
+@dataclass(frozen=True)
+class SAMStatistics:
+    """The per-sample, per-channel statistics one SAM normalises with, each ``(N, C, 1, 1)``.
+
+    A SAM computes them from its inputs; a tiled run (:meth:`MASA.forward_tiled`) computes them once over
+    the whole image and passes them to every tile, so that tiles equal the whole image.
+
+    Attributes:
+        lr_std: the LR features' standard deviation, unbiased (``torch.std``, as the official code).
+        lr_mean: the LR features' mean.
+        ref_var: the Ref (texture) features' variance, biased (instance norm).
+        ref_mean: the Ref features' mean.
+    """
+
+    lr_std: torch.Tensor
+    lr_mean: torch.Tensor
+    ref_var: torch.Tensor
+    ref_mean: torch.Tensor
+
+    @classmethod
+    def of(cls, lr: torch.Tensor, ref: torch.Tensor) -> SAMStatistics:
+        """The statistics of one LR and one Ref feature map, ``(N, C, H, W)`` each."""
+        lr_var, lr_mean = channel_var_mean(lr, correction=1)
+        ref_var, ref_mean = channel_var_mean(ref, correction=0)
+        return cls(lr_var.sqrt(), lr_mean, ref_var, ref_mean)
+
+
 class SAM(nn.Module):
     """Spatial Adaptation Module: remaps Ref features to the LR features' statistics.
 
@@ -209,21 +252,27 @@ class SAM(nn.Module):
             self.gamma = conv2d(nf, nf)
             self.beta = conv2d(nf, nf)
 
-    def forward(self, lr: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """``lr (N,C,H,W)`` LR features at the Ref's resolution, ``ref (N,C,H,W)`` -> ``(N,C,H,W)``."""
+    def forward(self, lr: torch.Tensor, ref: torch.Tensor, statistics: SAMStatistics | None = None) -> torch.Tensor:
+        """``lr (N,C,H,W)`` LR features at the Ref's resolution, ``ref (N,C,H,W)`` -> ``(N,C,H,W)``.
+
+        ``statistics``: the normalisation statistics to use instead of those of ``lr`` and ``ref`` (e.g. a
+        whole image's, for a tile of it).
+        """
+        if statistics is None:
+            statistics = SAMStatistics.of(lr, ref)
+        std, mean = statistics.lr_std.to(lr.dtype), statistics.lr_mean.to(lr.dtype)
         if not self.learnable:
-            return adapt_statistics(ref, lr)
-        style = F.relu(self.shared(torch.cat((lr, ref), dim=1)), inplace=True)
-        # adapt_statistics(ref, lr, gamma(style), beta(style)) with fewer passes over the (large) maps:
-        # the offsets are fresh conv outputs, so the LR statistics can be added to them in place, and the
-        # instance norm is one multiply-add with per-channel coefficients.
-        std, mean = torch.std_mean(lr, dim=(2, 3), correction=1, keepdim=True)
-        gamma = self.gamma(style).add_(std)
-        beta = self.beta(style).add_(mean)
-        del style
-        ref_var, ref_mean = torch.var_mean(ref, dim=(2, 3), correction=0, keepdim=True)
-        inv_std = torch.rsqrt(ref_var + _INSTANCE_NORM_EPS)
-        normalised = torch.addcmul(-ref_mean * inv_std, ref, inv_std)
+            gamma, beta = std, mean
+        else:
+            style = conv_relu(self.shared, torch.cat((lr, ref), dim=1))
+            # adapt_statistics(ref, lr, gamma(style), beta(style)) with fewer passes over the (large) maps:
+            # the offsets are fresh conv outputs, so the LR statistics can be added to them in place, and
+            # the instance norm is one multiply-add with per-channel coefficients.
+            gamma = self.gamma(style).add_(std)
+            beta = self.beta(style).add_(mean)
+            del style
+        inv_std = torch.rsqrt(statistics.ref_var + _INSTANCE_NORM_EPS).to(ref.dtype)
+        normalised = torch.addcmul(-statistics.ref_mean.to(ref.dtype) * inv_std, ref, inv_std)
         return torch.addcmul(beta, normalised, gamma)
 
     def extra_repr(self) -> str:
@@ -259,17 +308,17 @@ class DRAM(nn.Module):
         if not given.
         """
         if self.ref_branch:
-            residual = F.relu(self.ref_branch_down(ref), inplace=True) - lr
+            residual = conv_relu(self.ref_branch_down, ref) - lr
             # Not in place: ReLU's backward reads its output.
             ref_side = F.relu(self.ref_branch_up(residual)) + ref
         else:
             ref_side = ref
         if self.lr_branch:
-            residual = lr - F.relu(self.lr_branch_down(ref), inplace=True)
+            residual = lr - conv_relu(self.lr_branch_down, ref)
             lr_side = F.relu(self.lr_branch_up(residual + lr), inplace=True)
         else:
             lr_side = _upsample2(lr) if lr_up is None else lr_up
-        return F.relu(self.merge(torch.cat((ref_side, lr_side), dim=1)), inplace=True)
+        return conv_relu(self.merge, torch.cat((ref_side, lr_side), dim=1))
 
     def extra_repr(self) -> str:
         return f"ref_branch={self.ref_branch}, lr_branch={self.lr_branch}"
@@ -307,11 +356,15 @@ class MASAReferenceCache:
         ref_down_feat: ``(N, nf, H/4, W/4)``, the encoder's first level on Ref↓ (what MEM matches against).
         ref_feats: the encoder's three levels on the Ref, ``(N, nf, H, W)``, ``(N, nf, H/2, W/2)``,
             ``(N, nf, H/4, W/4)``.
+        block_index: for ``matching="fast"``, the index of ``ref_down_feat`` that MEM's coarse search
+            probes (:mod:`refsr.matching.block_search`), one per sample; ``None`` when the search is
+            exhaustive (exact matching, or a Ref↓ too small for an index to save work).
     """
 
     ref_size: tuple[int, int]
     ref_down_feat: torch.Tensor
     ref_feats: list[torch.Tensor]
+    block_index: list[BlockIndex] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -319,29 +372,121 @@ class MASAReferenceCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the cached maps."""
+        """Bytes held by the cached maps and the index."""
         maps = [self.ref_down_feat, *self.ref_feats]
-        return sum(m.numel() * m.element_size() for m in maps)
+        index = sum(i.nbytes for i in self.block_index) if self.block_index else 0
+        return sum(m.numel() * m.element_size() for m in maps) + index
 
 
-#: MASA's memory cost at nf = 32 (``masa-lite``), calibrated with ``benchmarks/upscale.py --calibrate`` on the CPU
-#: (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the per-pixel terms with ``nf / 32``, since every
-#: large map has nf channels.
+Box = tuple[int, int, int, int]
+
+#: The x4 fusion's largest tile in :meth:`MASA.forward_tiled`, in LR pixels: its maps then stay near the
+#: CPU's caches. Measured on 2 cores (masa-lite, per LR megapixel, halo included): 8 s at 128 against 12.5 s
+#: at 256 in bfloat16, 21-27 s against 24.5 s in float32; and 23.6 s against 32.9 s for a whole 1024² LR
+#: with a 2048² reference in bfloat16.
+_CACHE_FRIENDLY_TILE = 128
+
+
+def _tile_boxes(height: int, width: int, side: int, halo: int) -> list[tuple[Box, Box]]:
+    """``(core, outer)`` boxes ``(top, bottom, left, right)`` of tiles of ``side`` covering a map, each core
+    grown by ``halo`` on every side within the map."""
+    boxes = []
+    for top in range(0, height, side):
+        for left in range(0, width, side):
+            core = (top, min(top + side, height), left, min(left + side, width))
+            boxes.append((core, _grow(core, halo, height, width)))
+    return boxes
+
+
+def _grow(box: Box, margin: int, height: int, width: int) -> Box:
+    top, bottom, left, right = box
+    return max(0, top - margin), min(height, bottom + margin), max(0, left - margin), min(width, right + margin)
+
+
+def _box(box: Box, scale: int = 1) -> tuple[slice, ...]:
+    """Index of a box (in LR pixels) of a map at ``scale`` times the LR size."""
+    top, bottom, left, right = box
+    return (..., slice(top * scale, bottom * scale), slice(left * scale, right * scale))
+
+
+def _inner(core: Box, outer: Box, scale: int = 1) -> tuple[slice, ...]:
+    """Index of ``core`` within a map computed for ``outer`` (both in LR pixels), at ``scale``."""
+    top, bottom, left, right = core
+    return _box((top - outer[0], bottom - outer[0], left - outer[2], right - outer[2]), scale)
+
+
+class _Moments:
+    """Per-sample, per-channel mean and variance of a map seen region by region (float64, the pairwise
+    update of Chan, Golub & LeVeque): the statistics of the whole map without holding it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total_mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add the pixels of ``x (N, C, h, w)``."""
+        count = x.shape[-2] * x.shape[-1]
+        if x.dtype == torch.float64:
+            var, mean = (t.double() for t in channel_var_mean(x, correction=0))
+        else:
+            # The sums and sums of squares as matrix products (the squares on the diagonal of a Gram
+            # matrix): ten times faster than var_mean on large maps, with float32 accumulation (relative
+            # error about 1e-6 on masa-lite's x4 maps, far below what the tiles' 50 dB bound allows).
+            n, c = x.shape[:2]
+            rows = x.permute(0, 2, 3, 1).reshape(n, count, c).float()
+            ones = rows.new_ones(1, count)
+            sums = torch.stack([(ones @ rows[i])[0] for i in range(n)]).double()
+            squares = torch.stack([torch.diagonal(rows[i].T @ rows[i]) for i in range(n)]).double()
+            mean = (sums / count)[:, :, None, None]
+            var = (squares / count)[:, :, None, None] - mean.square()
+        if self.total_mean is None or self.m2 is None:
+            self.count, self.total_mean, self.m2 = count, mean, var * count
+            return
+        total = self.count + count
+        delta = mean - self.total_mean
+        self.total_mean = self.total_mean + delta * (count / total)
+        self.m2 = self.m2 + var * count + delta.square() * (self.count * count / total)
+        self.count = total
+
+    def mean(self) -> torch.Tensor:
+        assert self.total_mean is not None
+        return self.total_mean
+
+    def var(self, correction: int) -> torch.Tensor:
+        assert self.m2 is not None
+        return self.m2 / (self.count - correction)
+
+
+#: MASA's memory cost at nf = 32 (``masa-lite``) in float32, calibrated with ``benchmarks/upscale.py --calibrate``
+#: on the CPU (torch 2.13, 2 threads); :attr:`MASA.memory_cost` scales the feature-map terms with ``nf / 32`` and
+#: the compute dtype's size, since every large map has nf channels.
 MASA_MEMORY_COST = MemoryCost(
     fixed=300 * 2**20,
-    # The output canvas (3 float channels at scale^2 pixels per LR pixel), the uint8 result, the PNG.
+    # The output canvas of cross-faded tiles (3 float channels at scale^2 pixels per LR pixel), the uint8
+    # result, the PNG.
     per_image_pixel=320,
-    # Measured 24.8 kB from LR 128^2 -> 192^2 (whole images, so it includes some per-image cost), 21 kB
-    # at LR 256^2 and 17 kB in 336^2 tiles (benchmarks/upscale.py): the decoder's maps at x4 dominate.
-    per_tile_pixel=22_000,
-    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32) and the input images.
-    per_ref_pixel=230,
+    # Instead, in tiles (forward_tiled): the whole-image maps, at most the x1 fusion (LR size) and the x2
+    # fusion (4 pixels per LR pixel), nf channels each: 640 B; MEM's correspondence: 30 B; the uint8 result.
+    per_image_pixel_tiled=720,
+    # The whole LR at once: the decoder's maps at x4 dominate (24.8 kB from LR 128^2 -> 192^2). In tiles of
+    # forward_tiled (at most 128 LR pixels), per pixel of the x4 tile.
+    per_tile_pixel=26_000,
+    # The cached features (nf * (1 + 1/4 + 1/16 + 1/16) floats = 176 B at nf = 32), the float input image
+    # (12 B) and the fast search's index (about 12 B). Checked against benchmarks/upscale.py --large: with
+    # LR 1024^2 / Ref 2048^2 and 2048^2 / 4096^2 (x4 tiles of 128) the predictions exceed the measured peak
+    # RSS by 20-25 % (float32: 2.98 against 2.42 GB, 8.48 against 6.81 GB; bfloat16: 4.99 against 4.02 GB).
+    per_ref_pixel=200,
     # Measured 400-680 B per pixel of a strip (Ref 512^2 whole, 1024^2 in two strips).
     per_ref_pixel_encoding=700,
     matching_workspace=256 * 2**20,
     context=16,
     ramp=16,
 )
+#: The parts of MASA_MEMORY_COST's per-pixel terms that are nf-channel feature maps (they scale with nf and
+#: the dtype; the rest, images and index, do not).
+_TILED_IMAGE_MAPS = 640
+_REF_FEATURES = 176
 
 
 class MASA(RefSRModel):
@@ -359,6 +504,9 @@ class MASA(RefSRModel):
         sam_learnable: learned γ/β offsets (True) or plain AdaIN (False); only with ``use_sam``.
         dram_ref_branch, dram_lr_branch: DRAM's two branches (Table 4).
         match_max_bytes: working-memory budget of one chunk of MEM's matching.
+        matching: MEM's coarse search, ``"exact"`` (the official rule, every Ref↓ position) or ``"fast"``
+            (an index of the Ref↓ positions, :mod:`refsr.matching.block_search`: the cost no longer grows
+            with LR x Ref pixels); each call may override it (``matching=``).
 
     Attributes:
         size_rule: LR a multiple of ``lcm(lr_block_size, 4)`` (8), padded centred; Ref a multiple of 16,
@@ -370,6 +518,10 @@ class MASA(RefSRModel):
     takes_ref_down = True
     caches_reference = True
     exposes_correspondence = True
+    matching_modes = COARSE_SEARCHES
+    precisions = ("fp32", "bf16")
+    tiles_exactly = True
+    max_tile = _CACHE_FRIENDLY_TILE
 
     def __init__(
         self,
@@ -386,6 +538,7 @@ class MASA(RefSRModel):
         dram_ref_branch: bool = True,
         dram_lr_branch: bool = True,
         match_max_bytes: int = 256 * 2**20,
+        matching: str = "exact",
     ) -> None:
         super().__init__()
         if isinstance(nf, bool) or not isinstance(nf, int) or nf < 1:
@@ -414,6 +567,9 @@ class MASA(RefSRModel):
             use_sam=use_sam, sam_learnable=sam_learnable, dram_ref_branch=dram_ref_branch,
             dram_lr_branch=dram_lr_branch,
         )
+        if matching not in COARSE_SEARCHES:
+            raise RefsrError(f"matching must be one of {', '.join(COARSE_SEARCHES)}; got {matching!r}")
+        self.matching = matching
         self.lr_block_size = lr_block_size
         self.ref_block_factor = float(ref_block_factor)
         self.dilations = dilations
@@ -486,36 +642,61 @@ class MASA(RefSRModel):
         """The shared encoder: LR (all levels), Ref↓ (first level only: the others are never used), Ref."""
         return self.encoder(lr), self.encoder.level1(ref_down), self.encoder(ref)
 
-    def match(self, lr_feat: torch.Tensor, ref_down_feat: torch.Tensor) -> Correspondence:
-        """MEM between the first-level LR and Ref↓ features (:func:`refsr.matching.mem.match_mem`)."""
+    def _matching(self, matching: str | None) -> str:
+        matching = self.matching if matching is None else matching
+        if matching not in COARSE_SEARCHES:
+            raise RefsrError(f"matching must be one of {', '.join(COARSE_SEARCHES)}; got {matching!r}")
+        return matching
+
+    def match(self, lr_feat: torch.Tensor, ref_down_feat: torch.Tensor, *, matching: str | None = None,
+              key_index: Sequence[BlockIndex] | None = None) -> Correspondence:
+        """MEM between the first-level LR and Ref↓ features (:func:`refsr.matching.mem.match_mem`).
+
+        Runs in the features' dtype when it is float32 or float64, in float32 for lower precisions (an
+        argmax over near-equal cosines needs the mantissa); the score then comes back in float32.
+        ``matching`` overrides :attr:`matching`; ``key_index`` (fast matching) is the reference cache's.
+        """
+        coarse = self._matching(matching)
         return match_mem(
             lr_feat, ref_down_feat, lr_block_size=self.lr_block_size, ref_block_factor=self.ref_block_factor,
-            dilations=self.dilations, max_bytes=self.match_max_bytes,
+            dilations=self.dilations, max_bytes=self.match_max_bytes, coarse=coarse,
+            key_index=key_index if coarse == "fast" else None,
         )
 
     def transfer(self, corr: Correspondence, ref_feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Matched Ref textures at x1, x2, x4 from the Ref encoder's levels 3, 2, 1 (Ref↓ size x1, x2, x4)."""
         return masa_transfer(corr, [ref_feats[2], ref_feats[1], ref_feats[0]], scales=(1, 2, 4))
 
-    def _adapt(self, lr: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
-        return texture if self.sam is None else self.sam(lr, texture)
+    def _adapt(self, lr: torch.Tensor, texture: torch.Tensor, statistics: SAMStatistics | None) -> torch.Tensor:
+        return texture if self.sam is None else self.sam(lr, texture, statistics)
 
-    def decode(self, lr_feats: Sequence[torch.Tensor], textures: Sequence[torch.Tensor]) -> torch.Tensor:
-        """LR features (3 levels) and textures (x1, x2, x4) -> the residual image ``(N,3,4h,4w)``."""
-        fea_x1 = self.lr_decoder(lr_feats)
-        merged = torch.cat((self._adapt(fea_x1, textures[0]), fea_x1), dim=1)
-        fea_x1 = self.fuse_x1.blocks(F.relu(self.fuse_x1.merge(merged), inplace=True))
-        del merged
+    def _fuse_x1(self, lr_features: torch.Tensor, texture: torch.Tensor,
+                 statistics: SAMStatistics | None = None) -> torch.Tensor:
+        """The x1 fusion: the LR U-Net's features ``(N,nf,h,w)`` with the x1 texture -> ``(N,nf,h,w)``."""
+        merged = torch.cat((self._adapt(lr_features, texture, statistics), lr_features), dim=1)
+        return self.fuse_x1.blocks(conv_relu(self.fuse_x1.merge, merged))
 
-        features = fea_x1
-        for fusion, texture in ((self.fuse_x2, textures[1]), (self.fuse_x4, textures[2])):
-            # The bilinear x2 of the coarser features feeds the SAM (and stands in for a switched-off LR
-            # branch); the DRAM itself takes the coarser features as they are.
-            need_up = self.sam is not None or not fusion.dram.lr_branch
-            lr_up = _upsample2(features) if need_up else None
-            adapted = self._adapt(lr_up, texture)
-            features = fusion.blocks(fusion.dram(features, adapted, lr_up))
-            del adapted, lr_up
+    def _needs_upsampled(self, fusion: _Fusion) -> bool:
+        return self.sam is not None or not fusion.dram.lr_branch
+
+    def _fuse_up(self, fusion: _Fusion, features: torch.Tensor, texture: torch.Tensor,
+                 statistics: SAMStatistics | None = None) -> torch.Tensor:
+        """The x2 or x4 fusion: coarser features ``(N,nf,h,w)`` with a texture at ``2h x 2w``."""
+        # The bilinear x2 of the coarser features feeds the SAM (and stands in for a switched-off LR
+        # branch); the DRAM itself takes the coarser features as they are.
+        lr_up = _upsample2(features) if self._needs_upsampled(fusion) else None
+        adapted = self._adapt(lr_up, texture, statistics)
+        return fusion.blocks(fusion.dram(features, adapted, lr_up))
+
+    def decode(self, lr_feats: Sequence[torch.Tensor], textures: Sequence[torch.Tensor],
+               statistics: Sequence[SAMStatistics | None] = (None, None, None)) -> torch.Tensor:
+        """LR features (3 levels) and textures (x1, x2, x4) -> the residual image ``(N,3,4h,4w)``.
+
+        ``statistics``: per scale, the SAM's normalisation statistics, or ``None`` for those of its inputs.
+        """
+        features = self._fuse_x1(self.lr_decoder(lr_feats), textures[0], statistics[0])
+        features = self._fuse_up(self.fuse_x2, features, textures[1], statistics[1])
+        features = self._fuse_up(self.fuse_x4, features, textures[2], statistics[2])
         return self.conv_out(features)
 
     # ------------------------------------------------------------------ forward
@@ -549,6 +730,12 @@ class MASA(RefSRModel):
         expected = (ref.shape[0], 3, height // _SCALE, width // _SCALE)
         if ref_down is not None and tuple(ref_down.shape) != expected:
             raise RefsrError(f"ref_down must be the Ref at 1/4 size, {expected}; got {tuple(ref_down.shape)}")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network computes in: its parameters'. Inputs of another float dtype are cast to it;
+        the output has the LR's dtype (the bicubic skip is added in it)."""
+        return self.conv_out.weight.dtype
 
     @staticmethod
     def _layout(device: torch.device) -> torch.memory_format:
@@ -599,7 +786,8 @@ class MASA(RefSRModel):
         return outputs
 
     def encode_reference(
-        self, ref: torch.Tensor, ref_down: torch.Tensor | None = None, *, strip_rows: int | None = None
+        self, ref: torch.Tensor, ref_down: torch.Tensor | None = None, *, strip_rows: int | None = None,
+        matching: str | None = None,
     ) -> MASAReferenceCache:
         """Encode the reference once, for :meth:`forward` ``(reference_cache=...)``.
 
@@ -608,6 +796,8 @@ class MASA(RefSRModel):
             ref_down: ``(N,3,H/4,W/4)``, or ``None`` to make it with :meth:`make_ref_down`.
             strip_rows: encode the Ref in horizontal strips of this many rows (see :meth:`encoder_halo`),
                 to bound the peak memory of a large Ref; ``None`` encodes it at once.
+            matching: the matching the cache is for (default :attr:`matching`): ``"fast"`` also indexes
+                Ref↓ for the coarse search, when the index saves work.
 
         Returns:
             A :class:`MASAReferenceCache`. With ``strip_rows=None`` (or a Ref no taller than a strip),
@@ -622,24 +812,31 @@ class MASA(RefSRModel):
         self._check_inputs(stand_in, ref, ref_down)
         if ref_down is None:
             ref_down = self.make_ref_down(ref)
-        ref_down = ref_down.to(ref.dtype)
         layout = self._layout(ref.device)
-        ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+        ref, ref_down = (x.to(self.compute_dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
+        ref_down_feat = self.encoder.level1(ref_down)
+        block_index = None
+        if self._matching(matching) == "fast" and index_saves_work(ref_down_feat.shape[-2] * ref_down_feat.shape[-1]):
+            block_index = [build_block_index(ref_down_feat[i : i + 1], self.dilations)
+                           for i in range(ref_down_feat.shape[0])]
         return MASAReferenceCache(
             ref_size=(int(ref.shape[-2]), int(ref.shape[-1])),
-            ref_down_feat=self.encoder.level1(ref_down),
+            ref_down_feat=ref_down_feat,
             ref_feats=self._encode_in_strips(ref, strip_rows),
+            block_index=block_index,
         )
 
-    def match_reference(self, lr: torch.Tensor, reference_cache: MASAReferenceCache) -> Correspondence:
+    def match_reference(self, lr: torch.Tensor, reference_cache: MASAReferenceCache, *,
+                        matching: str | None = None) -> Correspondence:
         """MEM of ``lr (N,3,h,w)`` against a cached reference, without decoding.
 
         Cheap next to :meth:`forward` (the first encoder level and the matching only): enough to tell which
         of several references suits an LR best (``corr.score``, cosines in [-1, 1], higher is better).
         """
         self._check_inputs(lr, None, None)
-        lr_feat = self.encoder.level1(lr.contiguous(memory_format=self._layout(lr.device)))
-        return self.match(lr_feat, reference_cache.ref_down_feat)
+        lr_feat = self.encoder.level1(lr.to(self.compute_dtype).contiguous(memory_format=self._layout(lr.device)))
+        return self.match(lr_feat, reference_cache.ref_down_feat, matching=matching,
+                          key_index=reference_cache.block_index)
 
     def forward(
         self,
@@ -649,6 +846,7 @@ class MASA(RefSRModel):
         ref_down: torch.Tensor | None = None,
         reference_cache: MASAReferenceCache | None = None,
         return_correspondence: bool = False,
+        matching: str | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Correspondence]:
         """Super-resolve ``lr`` x4 with textures from ``ref``.
 
@@ -662,6 +860,8 @@ class MASA(RefSRModel):
                 LR inputs (``ref`` and ``ref_down`` are then ignored). The output is the same.
             return_correspondence: also return MEM's :class:`~refsr.matching.Correspondence` (LR pixel to
                 Ref↓ position), e.g. to draw the matches.
+            matching: MEM's coarse search for this call, ``"exact"`` or ``"fast"`` (default
+                :attr:`matching`).
 
         Returns:
             ``(N,3,4h,4w)`` RGB float (not clamped), or ``(sr, correspondence)``.
@@ -678,34 +878,198 @@ class MASA(RefSRModel):
                     f"and {reference_cache.batch_size}"
                 )
         layout = self._layout(lr.device)
+        dtype = self.compute_dtype
         lr = lr.contiguous(memory_format=layout)
-        lr_feats = self.encoder(lr)
+        lr_feats = self.encoder(lr.to(dtype))
+        key_index = None
         if reference_cache is None:
             if ref_down is None:
                 ref_down = self.make_ref_down(ref)
-            ref_down = ref_down.to(ref.dtype)
-            ref, ref_down = (x.contiguous(memory_format=layout) for x in (ref, ref_down))
+            ref, ref_down = (x.to(dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
             ref_down_feat, ref_feats = self.encoder.level1(ref_down), self.encoder(ref)
         else:
             ref_down_feat, ref_feats = reference_cache.ref_down_feat, reference_cache.ref_feats
-        corr = self.match(lr_feats[0], ref_down_feat)
+            key_index = reference_cache.block_index
+        corr = self.match(lr_feats[0], ref_down_feat, matching=matching, key_index=key_index)
         del ref_down_feat
         textures = [t.contiguous(memory_format=layout) for t in self.transfer(corr, ref_feats)]
         del ref_feats  # the largest tensors of the forward pass; the decoder does not need them
         sr = self.decode(lr_feats, textures)
         del textures
-        sr = sr + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
+        # The residual in the network's dtype, the skip and the sum in the input's (a float32 LR keeps its
+        # 8-bit values exactly; bfloat16 would round them).
+        sr = sr.to(lr.dtype) + F.interpolate(lr, scale_factor=_SCALE, mode="bicubic", align_corners=False)
         return (sr.contiguous(), corr) if return_correspondence else sr.contiguous()
+
+    # ------------------------------------------------------------------ whole images in tiles
+
+    def stage_halos(self) -> tuple[int, int, int, int]:
+        """LR pixels of context that make a tile of each stage of :meth:`forward_tiled` exact.
+
+        The receptive-field radius of the stage's output in its inputs, in LR pixels (3x3 convolutions at
+        1/4, 1/2, 1, 2 or 4 times the LR size count 4, 2, 1, 1/2 or 1/4 each; a stride-2 one counts at its
+        input; bilinear x2 and the bicubic skip count 1 and 2 pixels of their input), plus a margin of 2,
+        rounded up to the LR multiple so that tiles stay on MEM's block grid. Stages: the LR encoder and
+        U-Net; the x1 fusion; the x2 fusion; the x4 fusion with the output conv and the bicubic skip.
+        """
+        enc = [len(level.blocks) for level in (self.encoder.level1, self.encoder.level2, self.encoder.level3)]
+        unet = [len(level.blocks) for level in (self.lr_decoder.level1, self.lr_decoder.level2, self.lr_decoder.level3)]
+        fusion = [len(self.fuse_x1.blocks), len(self.fuse_x2.blocks), len(self.fuse_x4.blocks)]
+        encoder = (1 + 2 * enc[0]) + (1 + 4 * enc[1]) + (2 + 8 * enc[2])
+        decoder = 4 * (1 + 2 * unet[2]) + 4 + 2 * (1 + 2 * unet[1]) + 2 + (1 + 2 * unet[0])
+        # SAM (2 convs), then merge (x1) or DRAM (down, deconv, merge: 1 + 2 + 1 at the fine scale).
+        radii = (
+            encoder + decoder,
+            2 + 1 + 2 * fusion[0],
+            1 + math.ceil((2 + 4 + 2 * fusion[1]) / 2),
+            max(2, 1 + math.ceil((2 + 4 + 2 * fusion[2] + 1) / 4)),
+        )
+        multiple = self.size_rule.lr_multiple
+        return tuple(-(-(r + 2) // multiple) * multiple for r in radii)  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def forward_tiled(
+        self,
+        lr: torch.Tensor,
+        reference_cache: MASAReferenceCache,
+        *,
+        tile: int,
+        write: Callable[[int, int, torch.Tensor], None],
+        matching: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """:meth:`forward` of a whole image with the memory of a tile, and the same result.
+
+        The network runs stage by stage over the whole image, each stage in tiles with the context
+        (:meth:`stage_halos`) that makes a tile's output equal to the whole image's: the LR encoder and
+        U-Net, MEM (once, on the whole image: its window size depends on the number of blocks, so a tile
+        matched on its own would get other windows), the x1, x2 and x4 fusions. Between the fusions the
+        SAM statistics are computed over the whole image (:class:`SAMStatistics`) and every tile uses
+        them. Whole-image maps are kept between stages: the first-level LR features (until MEM), the U-Net
+        output and the x1 fusion (LR size), the x2 fusion (twice the LR size), ``nf`` channels each; only
+        the x4 fusion, the largest, runs in tiles of ``tile`` LR pixels (the x2 fusion in tiles of
+        ``2 * tile``, the earlier stages of ``4 * tile``). The output equals :meth:`forward`'s up to float
+        rounding (the convolutions sum in another order on other sizes); there is no cross-fade.
+
+        Args:
+            lr: ``(N,3,h,w)``, ``h``, ``w`` multiples of ``size_rule.lr_multiple``.
+            reference_cache: from :meth:`encode_reference`.
+            tile: the x4 fusion's tile side in LR pixels (rounded up to the LR multiple; at most
+                :data:`_CACHE_FRIENDLY_TILE`, where it runs fastest).
+            write: called once per output tile with ``(top, left, sr)``: ``sr (N,3,H',W')`` is the output at
+                rows ``top:top+H'`` and columns ``left:left+W'`` of the ``(N,3,4h,4w)`` result (not clamped).
+            matching: MEM's coarse search (default :attr:`matching`).
+            progress: called with ``(done, total)`` after every tile of every stage.
+        """
+        self._check_inputs(lr, None, None)
+        if reference_cache.batch_size != lr.shape[0]:
+            raise RefsrError(f"lr and the reference cache must hold the same number of images; got "
+                             f"{lr.shape[0]} and {reference_cache.batch_size}")
+        multiple = self.size_rule.lr_multiple
+        if isinstance(tile, bool) or int(tile) < 1:
+            raise RefsrError(f"tile must be a positive number of LR pixels; got {tile!r}")
+        tile = -(-min(int(tile), _CACHE_FRIENDLY_TILE) // multiple) * multiple
+        layout = self._layout(lr.device)
+        lr = lr.contiguous(memory_format=layout)
+        n, _, h, w = lr.shape
+        nf = int(self.config["nf"])
+        halos = self.stage_halos()
+        sides = (4 * tile, 4 * tile, 2 * tile, tile)
+        plans = [list(_tile_boxes(h, w, side, halo)) for side, halo in zip(sides, halos)]
+        total, done = sum(len(p) for p in plans), 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        def new_map(scale: int) -> torch.Tensor:
+            return lr.new_empty(n, nf, h * scale, w * scale, dtype=self.compute_dtype).contiguous(memory_format=layout)
+
+        # 1. The LR encoder and U-Net: first-level features for MEM, the U-Net output for the x1 fusion.
+        level1, unet = new_map(1), new_map(1)
+        dtype = self.compute_dtype
+        for core, outer in plans[0]:
+            feats = self.encoder(lr[_box(outer)].to(dtype))
+            level1[_box(core)] = feats[0][_inner(core, outer)]
+            unet[_box(core)] = self.lr_decoder(feats)[_inner(core, outer)]
+            del feats
+            step()
+
+        # 2. MEM on the whole image; each tile's textures come from its blocks of it.
+        corr = self.match(level1, reference_cache.ref_down_feat, matching=matching,
+                          key_index=reference_cache.block_index)
+        del level1
+        sources = {1: reference_cache.ref_feats[2], 2: reference_cache.ref_feats[1], 4: reference_cache.ref_feats[0]}
+
+        def texture(scale: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+            top, bottom, left, right = box
+            region = crop_mem_correspondence(corr, top, left, bottom - top, right - left)
+            return masa_transfer(region, [sources[scale]], scales=(scale,))[0].contiguous(memory_format=layout)
+
+        def statistics(lr_side: torch.Tensor, scale: int, boxes: list) -> SAMStatistics | None:
+            """The SAM statistics over the whole image: the (upsampled) LR side and the texture."""
+            if self.sam is None:
+                return None
+            lr_moments, ref_moments = _Moments(), _Moments()
+            for core, _ in boxes:
+                ref_moments.add(texture(scale, core))
+                if scale == 1:
+                    lr_moments.add(lr_side[_box(core)])
+                else:  # bilinear x2 of the coarser map, with one LR pixel of context (rounded to the grid)
+                    outer = _grow(core, multiple, h, w)
+                    lr_moments.add(_upsample2(lr_side[_box(outer, scale // 2)])[_inner(core, outer, scale)])
+            return SAMStatistics(lr_moments.var(correction=1).sqrt(), lr_moments.mean(), ref_moments.var(correction=0),
+                                 ref_moments.mean())
+
+        # 3. The x1 fusion.
+        stats = statistics(unet, 1, plans[1])
+        fused1 = new_map(1)
+        for core, outer in plans[1]:
+            fused1[_box(core)] = self._fuse_x1(unet[_box(outer)], texture(1, outer), stats)[_inner(core, outer)]
+            step()
+        del unet
+
+        # 4. The x2 fusion.
+        stats = statistics(fused1, 2, plans[2])
+        fused2 = new_map(2)
+        for core, outer in plans[2]:
+            out = self._fuse_up(self.fuse_x2, fused1[_box(outer)], texture(2, outer), stats)
+            fused2[_box(core, 2)] = out[_inner(core, outer, 2)]
+            del out
+            step()
+        del fused1
+
+        # 5. The x4 fusion, the output conv and the bicubic skip, written out tile by tile.
+        stats = statistics(fused2, 4, plans[3])
+        for core, outer in plans[3]:
+            out = self.conv_out(self._fuse_up(self.fuse_x4, fused2[_box(outer, 2)], texture(4, outer), stats))
+            out = out.to(lr.dtype) + F.interpolate(lr[_box(outer)], scale_factor=_SCALE, mode="bicubic",
+                                                   align_corners=False)
+            write(core[0] * _SCALE, core[2] * _SCALE, out[_inner(core, outer, _SCALE)].contiguous())
+            del out
+            step()
 
     @property
     def memory_cost(self) -> MemoryCost:  # type: ignore[override]
-        """:data:`MASA_MEMORY_COST` with the per-pixel terms scaled by ``nf / 32`` and this model's MEM chunk
-        budget as the matching workspace."""
+        """:data:`MASA_MEMORY_COST` with the feature-map terms scaled by ``nf / 32`` and by the compute dtype's
+        size (bfloat16 maps take half the bytes of float32 ones), and this model's MEM chunk budget as the
+        matching workspace. The images, the output and the fast search's index do not scale, nor does a
+        tile's working set with the dtype: measured, a bfloat16 run keeps about as much per tile pixel
+        (matching, SAM statistics and the transfer's gathers work in float32)."""
         width = self.config["nf"] / 32
+        scale = width * torch.finfo(self.compute_dtype).bits / 32
         cost = MASA_MEMORY_COST
-        return replace(cost, per_tile_pixel=cost.per_tile_pixel * width, per_ref_pixel=cost.per_ref_pixel * width,
-                       per_ref_pixel_encoding=cost.per_ref_pixel_encoding * width,
-                       matching_workspace=int(self.match_max_bytes))
+        return replace(
+            cost,
+            per_parameter=cost.per_parameter * torch.finfo(self.compute_dtype).bits / 32,
+            per_tile_pixel=cost.per_tile_pixel * width,
+            per_image_pixel_tiled=_TILED_IMAGE_MAPS * scale + (cost.per_image_pixel_tiled - _TILED_IMAGE_MAPS),
+            per_ref_pixel=_REF_FEATURES * scale + (cost.per_ref_pixel - _REF_FEATURES),
+            per_ref_pixel_encoding=cost.per_ref_pixel_encoding * scale,
+            matching_workspace=int(self.match_max_bytes),
+        )
 
     def extra_repr(self) -> str:
         return ", ".join(f"{key}={value}" for key, value in self.config.items())
