@@ -305,6 +305,32 @@ def test_devices() -> None:
             resolve_device("mps")
 
 
+def test_precision_choice(monkeypatch) -> None:
+    import refsr.devices as devices
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    both = ("fp32", "bf16")
+    for fast, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(devices, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        assert devices.resolve_precision("auto", cpu, both) == expected
+        assert devices.resolve_precision("auto", cpu, ("fp32",)) == torch.float32  # the model has no bf16
+        assert devices.resolve_precision("auto", cuda, both) == torch.float32  # not measured on CUDA yet
+        assert devices.resolve_precision("bf16", cpu, both) == torch.bfloat16  # asked for: always
+        assert devices.resolve_precision("fp32", cpu, both) == torch.float32
+    with pytest.raises(RefsrError, match="unknown precision"):
+        devices.resolve_precision("fp16", cpu, both)
+    with pytest.raises(RefsrError, match="runs in fp32 only"):
+        devices.resolve_precision("bf16", cpu, ("fp32",))
+
+
+def test_a_module_converted_for_bf16_is_a_copy(small) -> None:
+    """precision="bf16" on a module the caller passed converts a copy: the caller's stays float32."""
+    lr = load_photo("coffee.png")[:24, :32]
+    out = upscale(lr, model=small, precision="bf16", matching="exact")
+    assert out.shape == (96, 128, 3)
+    assert all(p.dtype == torch.float32 for p in small.parameters())
+
+
 def test_progress_bar_over_tiles_only_when_asked(bicubic, capsys) -> None:
     lr = load_photo("coffee.png")[:48, :64]
     upscale(lr, model=bicubic, tile=16)  # stderr is not a terminal under pytest: no bar
