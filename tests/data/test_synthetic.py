@@ -184,3 +184,21 @@ def test_manifest_photos_from_the_ci_subset(ci_data) -> None:
 def test_missing_photos_tell_the_user_to_fetch(tmp_path) -> None:
     with pytest.raises(RefsrError, match="refsr data fetch --subset ci"):
         SyntheticRefPairs(tmp_path, sources=["scikit-image"])
+
+
+@pytest.mark.parametrize("prescale", [1, 2])
+def test_kept_decoded_photos_give_the_same_samples(prescale) -> None:
+    """keep_decoded pre-scales each whole photo once; the regions cut of it equal those pre-scaled alone."""
+    config = SyntheticRefConfig(patch=48)
+    plain = SyntheticRefPairs.from_paths(PATHS, config=config, seed=5, samples_per_photo=4, prescale=prescale,
+                                         with_ref_down=True)
+    kept = SyntheticRefPairs.from_paths(PATHS, config=config, seed=5, samples_per_photo=4, prescale=prescale,
+                                        with_ref_down=True, keep_decoded=True)
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        kept.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], kept[i]
+            for key in ("lr", "hr", "ref", "ref_down"):
+                assert torch.equal(a[key], b[key]), (epoch, i, key)
+    assert len(kept._decoded) == len(PATHS)

@@ -135,10 +135,11 @@ def _expand(path: str | Path | None) -> str | None:
 
 
 def build_dataset(name: str, root: str | Path | None, options: Mapping[str, Any], *, seed: int, scale: int,
-                  path: str, protocol: str | None = None) -> Dataset:
+                  path: str, protocol: str | None = None, keep_decoded: bool = False) -> Dataset:
     """Instantiate dataset ``name`` with ``options`` (errors name ``path``).
 
-    ``scale`` and ``protocol`` are defaults for datasets that take them; ``with_ref_down`` defaults to true.
+    ``scale`` and ``protocol`` are defaults for datasets that take them; ``with_ref_down`` defaults to true,
+    ``keep_decoded`` (training: every image is read many times) to the argument.
     """
     spec = get_dataset_spec(name, f"{path}.dataset")
     check_dataset_options(spec.name, options, path)
@@ -151,6 +152,8 @@ def build_dataset(name: str, root: str | Path | None, options: Mapping[str, Any]
         kwargs.setdefault("with_ref_down", True)
     if protocol is not None and "protocol" in allowed:
         kwargs.setdefault("protocol", protocol)
+    if keep_decoded and "keep_decoded" in allowed:
+        kwargs.setdefault("keep_decoded", True)
     if spec.root_required and (root is None or str(root) == ""):
         raise RefsrError(f"{path}.root: dataset {spec.name!r} needs the folder it is in: {spec.root_hint}")
     try:

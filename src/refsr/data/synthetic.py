@@ -310,6 +310,7 @@ class SyntheticRefPairs(Dataset):
         prescale: str | int = "auto",
         with_ref_down: bool = False,
         skip_missing: bool = False,
+        keep_decoded: bool = False,
     ) -> None:
         root = data_root(root)
         rows = [r for r in read_manifest("manifest_images.csv") if r["split"] == split]
@@ -336,7 +337,7 @@ class SyntheticRefPairs(Dataset):
              None if pack is None else (root, r["path"]))
             for r in rows
         ]
-        self._setup(photos, config, scale, seed, samples_per_photo, prescale, with_ref_down)
+        self._setup(photos, config, scale, seed, samples_per_photo, prescale, with_ref_down, keep_decoded)
 
     @classmethod
     def from_paths(
@@ -349,6 +350,7 @@ class SyntheticRefPairs(Dataset):
         samples_per_photo: int = 1,
         prescale: str | int = "auto",
         with_ref_down: bool = False,
+        keep_decoded: bool = False,
     ) -> SyntheticRefPairs:
         """The dataset over any list of photo files (sizes read from the file headers)."""
         photos = []
@@ -363,10 +365,11 @@ class SyntheticRefPairs(Dataset):
         if not photos:
             raise RefsrError("from_paths needs at least one photo")
         self = cls.__new__(cls)
-        self._setup(photos, config, scale, seed, samples_per_photo, prescale, with_ref_down)
+        self._setup(photos, config, scale, seed, samples_per_photo, prescale, with_ref_down, keep_decoded)
         return self
 
-    def _setup(self, photos, config, scale, seed, samples_per_photo, prescale, with_ref_down) -> None:
+    def _setup(self, photos, config, scale, seed, samples_per_photo, prescale, with_ref_down,
+               keep_decoded=False) -> None:
         self.config = config if config is not None else SyntheticRefConfig()
         self.config.check()
         if not isinstance(scale, int) or scale < 1:
@@ -384,6 +387,10 @@ class SyntheticRefPairs(Dataset):
         self.epoch = 0
         self.samples_per_photo = samples_per_photo
         self.with_ref_down = with_ref_down
+        # Training reads each photo many times: keep_decoded keeps every pre-scaled photo after its first
+        # read (per process; the open training photos take about 260 MB), with the same pixels.
+        self.keep_decoded = bool(keep_decoded)
+        self._decoded: dict[Path, np.ndarray] = {}
         need = self._worst_case_need()
         self.photos: list[_Photo] = []
         self.skipped: list[Path] = []
@@ -489,6 +496,23 @@ class SyntheticRefPairs(Dataset):
         Pre-scaling a crop with 4 pre-scaled pixels of margin, aligned to the pre-scale factor, gives exactly
         the pixels of pre-scaling the whole photo (PIL's ×1/2 bicubic reaches 2 output pixels).
         """
+        x0, y0, x1, y1 = box
+        if self.keep_decoded:
+            whole = self._decoded.get(photo.path)
+            if whole is None:
+                whole = self._decoded[photo.path] = np.ascontiguousarray(
+                    self._read_region(photo, (0, 0, photo.width, photo.height)))
+            return whole[y0:y1, x0:x1]
+        return self._read_region(photo, box)
+
+    def preload(self) -> None:
+        """With ``keep_decoded``, read every photo now (e.g. before data-loader workers are forked)."""
+        if self.keep_decoded:
+            for photo in self.photos:
+                self._load_region(photo, (0, 0, 1, 1))
+
+    def _read_region(self, photo: _Photo, box: tuple[int, int, int, int]) -> np.ndarray:
+        """:meth:`_load_region` from the file (or the data pack)."""
         x0, y0, x1, y1 = box
         if photo.packed is not None:  # a data pack stores the photo pre-scaled already
             img, applied = packed_image(photo.packed[0], photo.packed[1])  # type: ignore[misc]

@@ -106,6 +106,12 @@ class TrainingSet(Dataset):
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def preload(self) -> None:
+        """Decode every source's images now, for the sources that keep them (``keep_decoded``)."""
+        for source in self.sources:
+            if hasattr(source, "preload"):
+                source.preload()
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         for source in self.sources:
@@ -128,7 +134,7 @@ def build_training_set(cfg: Config, scale: int) -> TrainingSet:
         raise RefsrError(f"data.train.crop: {data.crop} must divide by the model's scale {scale}")
     sources = [
         build_dataset(s.dataset, s.root, s.options, seed=cfg.seed, scale=scale, protocol=data.protocol,
-                      path=f"data.train.sources[{i}]")
+                      path=f"data.train.sources[{i}]", keep_decoded=True)
         for i, s in enumerate(data.sources)
     ]
     for i, source in enumerate(sources):

@@ -169,6 +169,10 @@ class BatchStream:
         self.state, self.channels_last = state, channels_last
         self._it: Iterator | None = None
         self._remaining = 0
+        if num_workers > 0 and hasattr(self.dataset, "preload"):
+            # Workers are forked anew at every epoch: images decoded here first are shared with all of them
+            # (copy-on-write) instead of being decoded again by each worker in each epoch.
+            self.dataset.preload()
 
     @property
     def micro_batches_per_epoch(self) -> int:
