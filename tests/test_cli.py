@@ -192,7 +192,7 @@ def test_single_image_status_line_on_a_terminal(tmp_path: Path, capsys: pytest.C
     import refsr.batch
 
     Image.fromarray(load_photo("astronaut.png")).save(tmp_path / "lr.png")
-    monkeypatch.setattr(refsr.batch, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(refsr.batch, "is_terminal", lambda stream: True)
     code, _, err = run_cli(["upscale", tmp_path / "lr.png", "-o", tmp_path / "sr.png", "--model", "bicubic",
                             "--tile", "64"], capsys)
     assert code == 0
@@ -231,7 +231,7 @@ def test_matching_and_precision_options(tmp_path: Path, capsys: pytest.CaptureFi
     Image.fromarray(lr).save(tmp_path / "lr.png")
     ref = pil_bicubic_x4(load_photo("chelsea.png")[:40, :48])
     Image.fromarray(ref).save(tmp_path / "ref.png")
-    monkeypatch.setattr(refsr.batch, "_is_terminal", lambda stream: True)
+    monkeypatch.setattr(refsr.batch, "is_terminal", lambda stream: True)
     out = tmp_path / "sr.png"
     code, _, err = run_cli(["upscale", tmp_path / "lr.png", "--ref", tmp_path / "ref.png", "-o", out,
                             "--matching", "exact", "--precision", "fp32"], capsys)

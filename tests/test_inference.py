@@ -10,7 +10,7 @@ from PIL import Image
 import refsr
 from conftest import DATA, load_photo
 from refsr.errors import RefsrError
-from refsr.devices import resolve_device
+from refsr.devices import precision_of, resolve_device
 from refsr.inference import (
     choose_tile,
     minimum_budget,
@@ -18,6 +18,7 @@ from refsr.inference import (
     parse_memory,
     plan_upscale,
     predict_peak_memory,
+    prepare_model,
     stitch_references,
     upscale,
 )
@@ -329,6 +330,10 @@ def test_a_module_converted_for_bf16_is_a_copy(small) -> None:
     out = upscale(lr, model=small, precision="bf16", matching="exact")
     assert out.shape == (96, 128, 3)
     assert all(p.dtype == torch.float32 for p in small.parameters())
+    assert precision_of(small) == "fp32"
+    converted, matching = prepare_model(small, precision="bf16")
+    assert converted is not small and precision_of(converted) == "bf16" and matching == "fast"
+    assert prepare_model(converted, precision="bf16")[0] is converted  # already in bf16: no second copy
 
 
 def test_progress_bar_over_tiles_only_when_asked(bicubic, capsys) -> None:

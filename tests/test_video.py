@@ -259,7 +259,7 @@ def test_command_line_writes_the_video_and_a_status(tmp_path: Path, capsys: pyte
     frames = moving_frames(4)
     source = write_clip(tmp_path / "clip.mkv", frames)
     Image.fromarray(pil_bicubic_x4(frames[0])).save(tmp_path / "still.png")
-    monkeypatch.setattr(refsr.batch, "_is_terminal", lambda stream: False)
+    monkeypatch.setattr(refsr.batch, "is_terminal", lambda stream: False)
     code, out, err = run_cli(["upscale", source, "--ref", tmp_path / "still.png", "-o", tmp_path / "x4.mp4",
                               "--model", "bicubic", "--crf", 10, "--progress"], capsys)
     assert code == 0, err

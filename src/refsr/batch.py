@@ -29,7 +29,7 @@ from typing import Any, Sequence, TextIO
 from refsr.errors import RefsrError
 from refsr.io import IMAGE_EXTENSIONS, check_output_folder, check_output_path, is_image_path
 
-__all__ = ["Job", "expand_inputs", "make_jobs", "Reporter", "progress_mode", "GLOB_CHARACTERS"]
+__all__ = ["Job", "expand_inputs", "make_jobs", "Reporter", "progress_mode", "is_terminal", "GLOB_CHARACTERS"]
 
 #: Characters that make an input a glob pattern (when no file of that name exists).
 GLOB_CHARACTERS = frozenset("*?[")
@@ -121,12 +121,13 @@ def progress_mode(quiet: bool, forced: bool, stream: TextIO | None = None) -> st
     if quiet:
         return "off"
     stream = sys.stderr if stream is None else stream
-    if _is_terminal(stream):
+    if is_terminal(stream):
         return "bar"
     return "lines" if forced else "off"
 
 
-def _is_terminal(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal (False for a closed or replaced stream)."""
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # a closed or replaced stream

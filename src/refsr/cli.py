@@ -187,8 +187,9 @@ def _default_model_name() -> str:
 
 def _how(model, matching: str | None) -> str:
     """`` (bf16, fast matching)``: how the model runs, for the status line."""
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    parts = [] if dtype is None else [{"torch.float32": "fp32", "torch.bfloat16": "bf16"}.get(str(dtype), str(dtype))]
+    from refsr.devices import precision_of
+
+    parts = [name for name in (precision_of(model),) if name is not None]
     parts += [] if matching is None else [f"{matching} matching"]
     return f" ({', '.join(parts)})" if parts else ""
 
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
+    from refsr.devices import PRECISIONS
+    from refsr.matching.mem import COARSE_SEARCHES
+
     up = sub.add_parser("upscale", help="super-resolve an image, a folder of images or a video with references")
     up.add_argument("lr", metavar="LR", nargs="+",
                     help="the low-resolution image; or several, a folder of them or a quoted pattern such as "
@@ -379,10 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="several --ref: stack them into one (stitch, as MASA) or use the best-matching one per "
                          "tile (default: %(default)s)")
     up.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
-    up.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    up.add_argument("--precision", choices=PRECISIONS, default="auto",
                     help="number format: auto is bf16 on CPUs with bfloat16 hardware (avx512_bf16, AMX) for models "
                          "that run in it, else fp32 (default: %(default)s)")
-    up.add_argument("--matching", choices=("fast", "exact"), default=None,
+    up.add_argument("--matching", choices=COARSE_SEARCHES, default=None,
                     help="for models with a choice (masa*): the indexed coarse search (fast, linear in the image) "
                          "or MEM's exhaustive one (exact; the official). Default: fast")
     up.add_argument("--compare", default=None, metavar="PNG",

@@ -16,7 +16,7 @@ import torch
 
 from refsr.errors import RefsrError
 
-__all__ = ["resolve_device", "resolve_precision", "cpu_has_fast_bf16", "PRECISIONS"]
+__all__ = ["resolve_device", "resolve_precision", "precision_of", "cpu_has_fast_bf16", "PRECISIONS"]
 
 #: What ``precision=`` accepts; ``"auto"`` is resolved per device by :func:`resolve_precision`.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -56,6 +56,15 @@ def resolve_precision(precision: str, device: torch.device, supported: Sequence[
     if precision not in supported:
         raise RefsrError(f"this model runs in {', '.join(supported)} only; got precision {precision!r}")
     return _DTYPES[precision]
+
+
+def precision_of(module: torch.nn.Module) -> str | None:
+    """The precision name (``"fp32"``, ``"bf16"``, or the dtype's name) of ``module``'s floating-point
+    parameters; ``None`` for a module without any."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is None:
+        return None
+    return next((name for name, known in _DTYPES.items() if known == dtype), str(dtype).removeprefix("torch."))
 
 
 def _mps_available() -> bool:

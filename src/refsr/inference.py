@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refsr.batch import is_terminal
 from refsr.devices import resolve_device, resolve_precision
 from refsr.errors import RefsrError
 from refsr.hub import create_model
@@ -591,7 +592,7 @@ def _progress(total: int, enabled: bool | None, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     if enabled is None:
-        enabled = sys.stderr.isatty()
+        enabled = is_terminal(sys.stderr)
     return tqdm(total=total, desc=desc, unit="tile", disable=not enabled or total <= 1, leave=False,
                 file=sys.stderr)
 

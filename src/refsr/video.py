@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -49,6 +50,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from refsr.batch import is_terminal
 from refsr.devices import resolve_device
 from refsr.errors import RefsrError
 from refsr.inference import (
@@ -645,7 +647,7 @@ def _stream(clip: _Clip, out: Path, codec: str, crf: int | None, upscaler: Frame
     from tqdm.auto import tqdm
 
     total = clip.expected_frames
-    show = progress if progress is not None else _stderr_is_terminal()
+    show = progress if progress is not None else is_terminal(sys.stderr)
     done = 0
     stage = ""
 
@@ -700,15 +702,6 @@ def _refuse_damage(path: Path, logs: list, done: int) -> None:
     if logs:
         message = " ".join(str(logs[0][2]).split())
         raise RefsrError(f"{path}: damaged after frame {done} ({message}); no output was written")
-
-
-def _stderr_is_terminal() -> bool:
-    import sys
-
-    try:
-        return bool(sys.stderr.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 def upscale_video(

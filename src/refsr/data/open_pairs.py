@@ -444,12 +444,7 @@ class OpenPairs(Dataset):
         index %= len(self)
         row = self.rows[index]
         target_factor = self._prescale_for(row["target"])
-        images = self._decoded.get(index)
-        if images is None:
-            images = self._images(row, target_factor)
-            if self.keep_decoded:
-                self._decoded[index] = images
-        target_size, hr, lr, ref, ref_down = images
+        target_size, hr, lr, ref, ref_down = self._images(index)
         sample: Sample = {
             "lr": to_tensor(lr),
             "ref": to_tensor(ref),
@@ -473,12 +468,17 @@ class OpenPairs(Dataset):
     def preload(self) -> None:
         """With ``keep_decoded``, read every pair now (e.g. before data-loader workers are forked)."""
         if self.keep_decoded:
-            for index, row in enumerate(self.rows):
-                if index not in self._decoded:
-                    self._decoded[index] = self._images(row, self._prescale_for(row["target"]))
+            for index in range(len(self)):
+                self._images(index)
 
-    def _images(self, row: dict[str, str], target_factor: int) -> tuple[Any, ...]:
-        """``(target size before pre-scaling, hr, lr, ref, ref_down or None)`` of a manifest row, 8-bit."""
+    def _images(self, index: int) -> tuple[Any, ...]:
+        """``(target size before pre-scaling, hr, lr, ref, ref_down or None)`` of pair ``index``, 8-bit; kept
+        after the first read with ``keep_decoded``."""
+        kept = self._decoded.get(index)
+        if kept is not None:
+            return kept
+        row = self.rows[index]
+        target_factor = self._prescale_for(row["target"])
         # The reference is pre-scaled like the target, so their relative scale stays the real one.
         same_video = row["target"] == row["ref"] and Path(row["target"]).suffix.lower() in _VIDEO_SUFFIXES
         if same_video and pack_index(self.root) is None:
@@ -490,4 +490,7 @@ class OpenPairs(Dataset):
         hr = self._prepare(target, target_factor)
         ref = self._prepare(ref, target_factor)
         ref_down = make_lr(ref, self.scale) if self.with_ref_down else None
-        return target.shape[:2], hr, make_lr(hr, self.scale), ref, ref_down
+        images = (target.shape[:2], hr, make_lr(hr, self.scale), ref, ref_down)
+        if self.keep_decoded:
+            self._decoded[index] = images
+        return images

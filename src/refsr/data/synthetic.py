@@ -498,18 +498,22 @@ class SyntheticRefPairs(Dataset):
         """
         x0, y0, x1, y1 = box
         if self.keep_decoded:
-            whole = self._decoded.get(photo.path)
-            if whole is None:
-                whole = self._decoded[photo.path] = np.ascontiguousarray(
-                    self._read_region(photo, (0, 0, photo.width, photo.height)))
-            return whole[y0:y1, x0:x1]
+            return self._kept(photo)[y0:y1, x0:x1]
         return self._read_region(photo, box)
+
+    def _kept(self, photo: _Photo) -> np.ndarray:
+        """The whole pre-scaled photo, read on first use and kept (``keep_decoded``)."""
+        whole = self._decoded.get(photo.path)
+        if whole is None:
+            whole = self._decoded[photo.path] = np.ascontiguousarray(
+                self._read_region(photo, (0, 0, photo.width, photo.height)))
+        return whole
 
     def preload(self) -> None:
         """With ``keep_decoded``, read every photo now (e.g. before data-loader workers are forked)."""
         if self.keep_decoded:
             for photo in self.photos:
-                self._load_region(photo, (0, 0, 1, 1))
+                self._kept(photo)
 
     def _read_region(self, photo: _Photo, box: tuple[int, int, int, int]) -> np.ndarray:
         """:meth:`_load_region` from the file (or the data pack)."""
