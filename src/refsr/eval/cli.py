@@ -157,8 +157,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     video.add_argument("--video", action="store_true",
                        help="evaluate video: stills every --still-every frames, the rest as a x4 LR clip; methods "
-                            "bicubic, self-reference, stills, stills + temporal; scores by distance to a still "
-                            "and flicker (--limit: clips)")
+                            "bicubic, self-reference, stills, stills + temporal, and the frame's own HR as its "
+                            "reference (the ceiling); scores by distance to a still and flicker (--limit: clips)")
     video.add_argument("--split", default="eval", choices=("eval", "cgi"),
                        help="--video: the clips of the eval split or the computer-generated ones (default: "
                             "%(default)s)")
@@ -170,6 +170,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--video: at most N frames per clip (default: %(default)s: three intervals)")
     video.add_argument("--start", type=int, default=0, metavar="F",
                        help="--video: skip the first F frames of each clip (default: %(default)s)")
+    video.add_argument("--methods", action="append", default=None, metavar="NAME",
+                       help="--video: only these methods, repeated or comma-separated, by their row names or "
+                            "short names: bicubic, self, stills, temporal, hr (default: all)")
     video.add_argument("--max-memory", default="4G", metavar="SIZE",
                        help="--video: the memory budget per frame, as refsr upscale (default: %(default)s)")
     parser.add_argument(
@@ -264,7 +267,7 @@ def main_eval(args: argparse.Namespace) -> int:
 def _main_video(args: argparse.Namespace) -> int:
     """``refsr eval --video``: :func:`refsr.eval.video.evaluate_video` from the command line."""
     from refsr.eval.suite import _check_json_path, write_json
-    from refsr.eval.video import evaluate_video
+    from refsr.eval.video import METHODS, evaluate_video, video_methods
     from refsr.inference import parse_memory, resolve_device, resolve_model
 
     if args.dataset:
@@ -285,6 +288,7 @@ def _main_video(args: argparse.Namespace) -> int:
     report = evaluate_video(
         model, split=args.split, root=roots[0] if roots else None, spacing=args.still_every, frames=args.frames,
         start=args.start, limit=args.limit, clips=_split(args.clips) or None, sources=_split(args.sources) or None,
+        methods=video_methods(_split(args.methods)) if args.methods else METHODS,
         device=device, max_memory=budget, protocol=args.protocol, figures=args.figures,
         progress=news if sys.stderr.isatty() else None,
     )
