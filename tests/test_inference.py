@@ -18,6 +18,7 @@ from refsr.inference import (
     parse_memory,
     plan_upscale,
     predict_peak_memory,
+    image_to_tensor,
     prepare_model,
     stitch_references,
     upscale,
@@ -441,3 +442,13 @@ def test_a_forced_tile_covering_the_image_still_checks_the_budget(bicubic) -> No
     with pytest.raises(RefsrError, match="tiles of 64 px need"):
         choose_tile(bicubic, (24, 32), 0, parse_memory("1M"), tile=64)
     assert choose_tile(bicubic, (24, 32), 0, parse_memory("1G"), tile=64).tile is None
+
+
+def test_image_to_tensor_values_and_canonical_strides() -> None:
+    """An image becomes (1,3,H,W) float in [0,1] with the canonical channels-last strides, the ones a tensor op
+    gives: oneDNN chooses its bfloat16 kernels by strides, so a view's batch stride of 3 changed outputs."""
+    image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    tensor = image_to_tensor(image)
+    assert tensor.shape == (1, 3, 5, 7) and tensor.dtype == torch.float32
+    assert tensor.stride() == (5 * 7 * 3, 1, 7 * 3, 3)
+    np.testing.assert_array_equal((tensor[0].permute(1, 2, 0) * 255).round().numpy().astype(np.uint8), image)

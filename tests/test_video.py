@@ -188,26 +188,27 @@ def test_every_still_is_encoded_once_for_the_clip(tmp_path: Path) -> None:
     assert len(calls) == 2 + 4  # the stills once, and the previous output for frames 1 to 4
 
 
-def test_frame_upscaler_equals_upscale_with_the_same_references(tiny) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_frame_upscaler_equals_upscale_with_the_same_references(tiny, precision: str) -> None:
     """Per frame, stills (and the previous output) are exactly what refsr.upscale would do with those images as
-    references: one still, several per tile, the temporal chain, or none (per-frame self-reference). In float32:
-    in bfloat16 a reference's memory layout (channels-last from a frame, planar from a self-reference) already
-    moves 1% of the pixels by one level, which would hide what this checks."""
+    references: one still, several per tile, the temporal chain, or none (per-frame self-reference). Also in
+    bfloat16, where a reference read from an image once had other strides than the same reference made by a
+    tensor op (the self-reference), and 1.25 % of the pixels of the last case moved by one level."""
     frames = moving_frames(3, (32, 40))
     stills = [pil_bicubic_x4(moving_frames(1, (32, 40), "coffee.png")[0]), pil_bicubic_x4(frames[1])]
     size = frames[0].shape[:2]
 
     def check(temporal: bool, still_images: list[np.ndarray]) -> None:
         upscaler = FrameUpscaler(tiny, size, still_sizes=[s.shape[:2] for s in still_images], temporal=temporal,
-                                 multi_ref="per-tile", precision="fp32")
+                                 multi_ref="per-tile", precision=precision)
         prepared = [upscaler.prepare([s], f"s{i}") for i, s in enumerate(still_images)]
         previous = None
         for frame in frames:
             refs = list(still_images) + ([previous] if previous is not None else [])
-            expected = refsr.upscale(frame, refs or None, model=tiny, multi_ref="per-tile", precision="fp32")
+            expected = refsr.upscale(frame, refs or None, model=tiny, multi_ref="per-tile", precision=precision)
             if temporal and not still_images and previous is not None:  # self-reference plus the previous output
                 expected = refsr.upscale(frame, [pil_bicubic_x4(frame), previous], model=tiny, multi_ref="per-tile",
-                                         precision="fp32")
+                                         precision=precision)
             got = upscaler(frame, prepared)
             np.testing.assert_array_equal(got, expected)
             previous = got if temporal else None
