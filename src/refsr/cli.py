@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     vid = up.add_argument_group("video (LR is a .mp4, .mkv, .mov or .avi file; -o a video file)")
     vid.add_argument("--temporal", action="store_true",
                      help="offer the previous output frame as one more reference, so that detail from a still "
-                          "carries on to the frames after it")
+                          "carries on to the frames after it. With the shipped model it costs quality (open "
+                          "clips: 31.48 dB against 32.26 for the stills alone; README, Video)")
     vid.add_argument("--ref-video", default=None, metavar="HR_VIDEO",
                      help="a high-resolution version of the same clip: every --ref-frames-th frame of it is a "
                           "still for the frames around it")

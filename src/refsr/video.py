@@ -28,7 +28,10 @@ and each frame is planned, tiled and decoded exactly as :func:`refsr.upscale` do
   next one (read ahead from the high-resolution clip, which is decoded alongside). A reference video of
   another size is resized to the output's size (PIL bicubic); one of another aspect ratio is refused.
 - ``temporal=True``: the previous output frame is offered as one more reference, so that detail carried
-  from a still propagates to frames far from it (the recurrent idea of reference-based video SR).
+  from a still propagates to frames far from it (the recurrent idea of reference-based video SR). The shipped
+  model was not trained for it and loses by it: on the open clips 31.48 dB against 32.26 for the stills
+  alone, while even each frame's own ground truth as its reference reaches only 32.58 (``refsr eval
+  --video``; README, Video).
 - No stills: each frame is its own reference (the frame upscaled with PIL bicubic), as for images.
 """
 
@@ -734,7 +737,8 @@ def upscale_video(
             none (each frame is then its own reference, unless ``ref_video`` gives stills).
         model, weights, random_weights, device, max_memory, tile, multi_ref, matching, precision: as
             :func:`refsr.upscale`, per frame.
-        temporal: offer the previous output frame as one more reference.
+        temporal: offer the previous output frame as one more reference (with the shipped model this lowers
+            the quality: see the module docstring).
         ref_video: a high-resolution version of the same clip; every ``ref_frames``-th frame is a still for
             the frames around it.
         ref_frames: the spacing of those stills (default 16).
