@@ -140,10 +140,9 @@ def image_to_tensor(image: ImageLike) -> torch.Tensor:
         raise RefsrError(f"expected a PIL image, a uint8 array or a file path, got {type(image).__name__}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise RefsrError(f"the image has zero size ({arr.shape[1]}x{arr.shape[0]})")
-    # torch.tensor copies, so read-only arrays (np.asarray of a PIL image) are fine. The float copy gets the
-    # canonical channels-last strides: a permuted view has a batch stride of 3 (or 0), and for such a tensor
-    # oneDNN picks other bfloat16 kernels than for the same values made by a tensor op, which moved about 1 %
-    # of the output pixels by one level depending on where a reference came from.
+    # torch.tensor copies, so read-only arrays (np.asarray of a PIL image) are fine. The float copy gets dense
+    # channels-last strides, not a permuted view's batch stride of 3 (the layout the models run in on the CPU;
+    # see refsr.models.masa._in_layout for why odd strides matter).
     pixels = torch.tensor(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
     out = torch.empty(pixels.shape, dtype=torch.float32, memory_format=torch.channels_last)
     return out.copy_(pixels).div_(255)

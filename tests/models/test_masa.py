@@ -593,3 +593,24 @@ def test_resblock_is_conv_relu_conv_plus_identity() -> None:
 def test_model_geometry_rejects_a_reference_too_small() -> None:
     with pytest.raises(RefsrError, match="too small"):
         MASA(**TINY).geometry((8, 8), (16, 16))
+
+
+def test_bf16_output_does_not_depend_on_the_strides_of_size_1_axes() -> None:
+    """A permuted image (batch stride 3) and the same values laid out densely give the same bfloat16 output,
+    through forward and through encode_reference: oneDNN picks kernels by strides, and before MASA gave its
+    inputs dense strides 45 % of these output values differed."""
+    torch.manual_seed(0)
+    net = MASA(**TINY).eval().to(torch.bfloat16)
+    lr8, ref8 = load_photo("coffee.png")[:24, :32], load_photo("coffee.png")[40:136, 24:152]
+
+    def permuted(image: np.ndarray) -> torch.Tensor:
+        return torch.tensor(image).permute(2, 0, 1)[None].float() / 255  # strides (3, 1, 3W, 3)
+
+    lr, ref = permuted(lr8), permuted(ref8)
+    assert lr.stride()[0] == 3 and ref.stride()[0] == 3
+    dense_lr, dense_ref = lr.contiguous(), ref.contiguous()
+    with torch.no_grad():
+        expected = net(dense_lr, dense_ref)
+        torch.testing.assert_close(net(lr, ref), expected, rtol=0, atol=0)
+        cache = net.encode_reference(ref)
+        torch.testing.assert_close(net(lr, reference_cache=cache), expected, rtol=0, atol=0)

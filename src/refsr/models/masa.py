@@ -336,6 +336,18 @@ class _Fusion(nn.Module):
         self.blocks = nn.Sequential(*(ResBlock(nf) for _ in range(blocks)))
 
 
+def _in_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """``x`` in ``layout`` with that layout's dense strides, whatever the strides of its size-1 axes were.
+
+    ``contiguous(memory_format=...)`` keeps a tensor whose only odd strides are on size-1 axes (a permuted
+    image has a batch stride of 3), but oneDNN chooses its kernels by strides: in bfloat16 such an input moved
+    about 1 % of the output pixels by one level against the same values laid out densely.
+    """
+    x = x.contiguous(memory_format=layout)
+    dense = torch.empty(x.shape, device="meta", memory_format=layout).stride()
+    return x if x.stride() == dense else x.clone(memory_format=layout)
+
+
 def _as_triple(value: Sequence[int], what: str) -> tuple[int, int, int]:
     values = tuple(value)
     if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
@@ -813,7 +825,7 @@ class MASA(RefSRModel):
         if ref_down is None:
             ref_down = self.make_ref_down(ref)
         layout = self._layout(ref.device)
-        ref, ref_down = (x.to(self.compute_dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
+        ref, ref_down = (_in_layout(x.to(self.compute_dtype), layout) for x in (ref, ref_down))
         ref_down_feat = self.encoder.level1(ref_down)
         block_index = None
         if self._matching(matching) == "fast" and index_saves_work(ref_down_feat.shape[-2] * ref_down_feat.shape[-1]):
@@ -834,7 +846,7 @@ class MASA(RefSRModel):
         of several references suits an LR best (``corr.score``, cosines in [-1, 1], higher is better).
         """
         self._check_inputs(lr, None, None)
-        lr_feat = self.encoder.level1(lr.to(self.compute_dtype).contiguous(memory_format=self._layout(lr.device)))
+        lr_feat = self.encoder.level1(_in_layout(lr.to(self.compute_dtype), self._layout(lr.device)))
         return self.match(lr_feat, reference_cache.ref_down_feat, matching=matching,
                           key_index=reference_cache.block_index)
 
@@ -879,13 +891,13 @@ class MASA(RefSRModel):
                 )
         layout = self._layout(lr.device)
         dtype = self.compute_dtype
-        lr = lr.contiguous(memory_format=layout)
+        lr = _in_layout(lr, layout)
         lr_feats = self.encoder(lr.to(dtype))
         key_index = None
         if reference_cache is None:
             if ref_down is None:
                 ref_down = self.make_ref_down(ref)
-            ref, ref_down = (x.to(dtype).contiguous(memory_format=layout) for x in (ref, ref_down))
+            ref, ref_down = (_in_layout(x.to(dtype), layout) for x in (ref, ref_down))
             ref_down_feat, ref_feats = self.encoder.level1(ref_down), self.encoder(ref)
         else:
             ref_down_feat, ref_feats = reference_cache.ref_down_feat, reference_cache.ref_feats
@@ -970,7 +982,7 @@ class MASA(RefSRModel):
             raise RefsrError(f"tile must be a positive number of LR pixels; got {tile!r}")
         tile = -(-min(int(tile), _CACHE_FRIENDLY_TILE) // multiple) * multiple
         layout = self._layout(lr.device)
-        lr = lr.contiguous(memory_format=layout)
+        lr = _in_layout(lr, layout)
         n, _, h, w = lr.shape
         nf = int(self.config["nf"])
         halos = self.stage_halos()
