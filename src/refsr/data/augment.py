@@ -289,6 +289,14 @@ def _remake_low(sample: Sample, high_key: str, low_key: str) -> None:
     sample[low_key] = low.to(sample[low_key].dtype)
 
 
+def _refuse_chain(sample: Sample, what: str) -> None:
+    """A sample with a chain of LR frames (``chain_lr``, :class:`refsr.data.clips.ClipFrames`) must keep them
+    consistent with its ``lr``; transforms that remake or exchange one frame alone cannot."""
+    if "chain_lr" in sample:
+        raise RefsrError(f"cannot {what} a sample with a chain of frames (chain_lr): the chain would no longer "
+                         "match its input; turn this augmentation off for it")
+
+
 _SWAPS = (("hr", "ref"), ("lr", "ref_down"), ("name", "ref_name"))
 
 
@@ -303,6 +311,7 @@ def swap_roles(sample: Sample) -> Sample:
             raise RefsrError(f"cannot swap roles: the sample has no {key!r}")
     if "flow" in sample:
         raise RefsrError("cannot swap roles of a sample with a flow: the reverse flow is not known")
+    _refuse_chain(sample, "swap the roles of")
     if ("lr" in sample) != ("ref_down" in sample):
         raise RefsrError("cannot swap roles: the sample needs both 'lr' and 'ref_down', or neither")
     out = dict(sample)
@@ -384,6 +393,7 @@ class RandomBrightnessContrast(_RandomTransform):
         self.alpha_range, self.beta_range = tuple(alpha_range), tuple(beta_range)
 
     def forward(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
+        _refuse_chain(sample, "jitter the brightness of")
         g = self._generator(generator)
         apply = _bernoulli(g, self.p)
         alpha, beta = random_brightness_contrast(g, alpha_range=self.alpha_range, beta_range=self.beta_range)
@@ -449,6 +459,8 @@ class PairedRandomCrop(_RandomTransform):
             out["ref"] = crop(sample["ref"], rs * rt, rs * rl, rs * patch, rs * patch)
             out["ref_down"] = crop(sample["ref_down"], rt, rl, patch, patch)
             ref_offset = (rs * rt, rs * rl)
+        if "chain_lr" in sample:  # the LR frames of a chain (ClipFrames): the input's window in each
+            out["chain_lr"] = crop(sample["chain_lr"], top, left, self.lr_patch, self.lr_patch)
         if "flow" in sample:
             flow = sample["flow"]
             if self.ref != "none":
@@ -499,7 +511,7 @@ class RandomDihedral(_RandomTransform):
                 raise RefsrError("a sample with a flow needs RandomDihedral(ref='joint'); independent "
                                  "flips of input and reference would break the correspondence")
             out["flow"] = transform_flow(sample["flow"], d_in, target_size=tuple(sample["hr"].shape[-2:]))
-        for key in ("hr", "lr"):
+        for key in ("hr", "lr", "chain_lr"):  # a chain of LR frames turns with its input
             if key in sample:
                 out[key] = apply_dihedral(sample[key], d_in)
         for key in ("ref", "ref_down"):
@@ -551,6 +563,7 @@ class RandomRealDegradation(_RandomTransform):
         for key in ("hr", "lr"):
             if key not in sample:
                 raise RefsrError(f"the real degradation needs {key!r} in the sample")
+        _refuse_chain(sample, "degrade")
         out = dict(sample)
         s = _scale_between(sample["hr"], sample["lr"], "hr/lr")
         lr = self.options.draw(seed).apply(_to_uint8(sample["hr"]), s)

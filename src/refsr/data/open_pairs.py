@@ -56,7 +56,8 @@ from refsr.data.packed import frame_key, pack_index, packed_image
 from refsr.errors import RefsrError
 from refsr.io import read_image
 
-__all__ = ["OpenPairs", "VideoFrames", "KINDS", "SPLITS", "natural_key", "load_disparity"]
+__all__ = ["OpenPairs", "VideoFrames", "KINDS", "SPLITS", "natural_key", "load_disparity", "checked_multiple",
+           "VIDEO_SUFFIXES"]
 
 #: The kinds of pair in the manifest, by split.
 KINDS = {
@@ -80,7 +81,8 @@ _KIND_ALIASES = {
     "chessboard": "stereo_calib",
 }
 _LOSSY_STILLS = {".jpg", ".jpeg", ".webp"}
-_VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov"}
+#: Suffixes read as video files (PyAV); anything else with a frame index is an image sequence.
+VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov"}
 # Ground truth the manifest names only in a note: pair_id -> (path, how unknown pixels are marked).
 _DISPARITY = {
     "motorcycle": ("scikit-image/skimage/data/motorcycle_disp.npz", "inf"),
@@ -259,6 +261,17 @@ def _downscale_disparity(disp: np.ndarray, factor: int, size: tuple[int, int]) -
 
 
 # -- the dataset ---------------------------------------------------------------------------------------------
+def checked_multiple(scale: int, multiple: int | None) -> int:
+    """The mod-crop multiple of HR frames: ``multiple``, or ``lcm(4, scale)`` (4 at x2 and x4, as TTSR,
+    C2-Matching and AMSA crop), checked to be a positive multiple of a positive integer ``scale``."""
+    if not isinstance(scale, int) or scale < 1:
+        raise RefsrError(f"scale must be a positive integer, got {scale!r}")
+    found = multiple if multiple is not None else 4 * scale // math.gcd(4, scale)
+    if found < 1 or found % scale:
+        raise RefsrError(f"multiple={found} must be a positive multiple of scale={scale}")
+    return found
+
+
 class OpenPairs(Dataset):
     """Real (target, reference) pairs from the open benchmark, as HR/LR/Ref tensors.
 
@@ -310,12 +323,7 @@ class OpenPairs(Dataset):
     ) -> None:
         if split not in KINDS:
             raise RefsrError(f"unknown split {split!r} for open pairs; choose one of {', '.join(SPLITS)}")
-        if not isinstance(scale, int) or scale < 1:
-            raise RefsrError(f"scale must be a positive integer, got {scale!r}")
-        self.scale = scale
-        self.multiple = multiple if multiple is not None else 4 * scale // math.gcd(4, scale)
-        if self.multiple < 1 or self.multiple % scale:
-            raise RefsrError(f"multiple={self.multiple} must be a positive multiple of scale={scale}")
+        self.scale, self.multiple = scale, checked_multiple(scale, multiple)
         if prescale != "auto" and not (isinstance(prescale, int) and prescale >= 1):
             raise RefsrError(f"prescale must be 'auto' or a positive integer, got {prescale!r}")
         self.prescale = prescale
@@ -395,7 +403,7 @@ class OpenPairs(Dataset):
         if self.prescale != "auto":
             return int(self.prescale)
         suffix = Path(path).suffix.lower()
-        if suffix in _VIDEO_SUFFIXES or "*" in path:  # a video file or a frame sequence
+        if suffix in VIDEO_SUFFIXES or "*" in path:  # a video file or a frame sequence
             return 1
         return 2 if suffix in _LOSSY_STILLS else 1
 
@@ -417,7 +425,7 @@ class OpenPairs(Dataset):
                     f"{full}: no frame {i} ({len(files)} files match); run 'refsr data fetch' again"
                 )
             return read_image(files[i])
-        if Path(path).suffix.lower() in _VIDEO_SUFFIXES:
+        if Path(path).suffix.lower() in VIDEO_SUFFIXES:
             return self._video(path).read([int(index)])[0]
         return read_image(full)
 
@@ -480,7 +488,7 @@ class OpenPairs(Dataset):
         row = self.rows[index]
         target_factor = self._prescale_for(row["target"])
         # The reference is pre-scaled like the target, so their relative scale stays the real one.
-        same_video = row["target"] == row["ref"] and Path(row["target"]).suffix.lower() in _VIDEO_SUFFIXES
+        same_video = row["target"] == row["ref"] and Path(row["target"]).suffix.lower() in VIDEO_SUFFIXES
         if same_video and pack_index(self.root) is None:
             # Two frames of one video: one pass of seeking and decoding gets both.
             target, ref = self._video(row["target"]).read([int(row["target_index"]), int(row["ref_index"])])

@@ -13,6 +13,7 @@ name                  what                                                      
 ``lightfield``        light-field view pairs                                      yes
 ``open``              the open benchmark's real pairs (``refsr data fetch``)      cache   ``Open``
 ``open-synthetic``    photos with synthetic references (or ``paths``)             cache
+``open-clips``        every frame of the open clips, a still 1..8 frames away     cache
 ====================  ==========================================================  ======  =============
 
 A dataset's options are its class's keyword parameters (``open-synthetic`` adds the fields of
@@ -33,6 +34,7 @@ from typing import Any, Mapping
 from torch.utils.data import Dataset
 
 from refsr.data.benchmarks import Manga109, Sun80, Urban100
+from refsr.data.clips import ClipFrames
 from refsr.data.cufed import CUFED5, CUFEDTrain
 from refsr.data.lightfield import LightFieldGrid
 from refsr.data.open_pairs import OpenPairs
@@ -89,6 +91,9 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 root_hint="the open-benchmark data cache ('refsr data fetch')", eval_label="Open"),
     DatasetSpec("open-synthetic", SyntheticRefPairs, "photos with synthetic references (manifest photos, or "
                 "'paths')", root_required=False, root_hint="the open-benchmark data cache, or the photos' folder"),
+    DatasetSpec("open-clips", ClipFrames, "every frame of the open benchmark's clips with a still a few frames "
+                "away (and chains of frames for the model's own outputs)", root_required=False,
+                root_hint="the open-benchmark data cache ('refsr data fetch')"),
 )}
 
 #: The test sets ``refsr eval --dataset`` scores.

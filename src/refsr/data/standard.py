@@ -71,6 +71,7 @@ PROTOCOLS = ("masa", "c2", "amsa", "ttsr")
 STREAM_REFERENCE = 1  # which reference a test image gets (Sun80, Manga109): never depends on the epoch
 STREAM_VIEWS = 2  # light-field view positions
 STREAM_TRANSFORM = 3  # training augmentation
+STREAM_FRAMES = 4  # which still and chain a video frame gets (refsr.data.clips.ClipFrames)
 
 
 def check_protocol(protocol: str) -> str:

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from refsr import losses as L
 from refsr.data import augment as aug
+from refsr.data.clips import ClipFrames
 from refsr.data.degrade import RealDegradation
 from refsr.data.registry import build_dataset
 from refsr.data.standard import seeded_generator
@@ -140,9 +141,22 @@ def build_training_set(cfg: Config, scale: int) -> TrainingSet:
     for i, source in enumerate(sources):
         if len(source) == 0:  # type: ignore[arg-type]
             raise RefsrError(f"data.train.sources[{i}]: the dataset is empty")
+        if isinstance(source, ClipFrames) and source.max_chain:
+            _check_chain_augmentation(data, f"data.train.sources[{i}]")
     transforms = EpochTransforms(_augment_pipeline(data, scale, geometric=False),
                                  _augment_pipeline(data, scale, geometric=True), data.augment.geometric_from_epoch)
     return TrainingSet(sources, transforms, cfg.seed)
+
+
+def _check_chain_augmentation(data: TrainDataConfig, path: str) -> None:
+    """Chains of LR frames follow their input through crops and flips, not through what remakes or exchanges
+    one frame alone: MASA's role swap and brightness jitter, or a real degradation."""
+    a = data.augment
+    if (a.name == "masa" and (a.swap_prob > 0 or a.jitter)) or data.degradation == "real":
+        raise RefsrError(f"{path}: its samples carry chains of LR frames (max_chain > 0), which a role swap, "
+                         "brightness jitter or real degradation would leave behind; set data.train.augment to "
+                         "{name: masa, swap_prob: 0, jitter: false} or {name: none}, degradation: bicubic, or "
+                         "max_chain: 0")
 
 
 @dataclass
@@ -173,14 +187,15 @@ def build_val_set(val: ValConfig, *, seed: int, scale: int) -> Dataset:
     return ds
 
 
-_IMAGE_KEYS = ("lr", "ref", "hr", "ref_down", "lr_up", "coords")
-# Stacked when every sample has them: Ref↓, and the contrastive tasks' LR↑ and (H, W, 2) correspondences.
-_OPTIONAL_KEYS = ("ref_down", "lr_up", "coords")
+_IMAGE_KEYS = ("lr", "ref", "hr", "ref_down", "lr_up", "coords", "chain_lr", "chain_length")
+# Stacked when every sample has them: Ref↓, the contrastive tasks' LR↑ and (H, W, 2) correspondences, and the
+# chains of LR frames of open-clips (refsr.data.clips.ClipFrames) with their lengths.
+_OPTIONAL_KEYS = ("ref_down", "lr_up", "coords", "chain_lr", "chain_length")
 
 
 def collate_samples(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack ``lr``, ``ref``, ``hr`` (and ``ref_down``, ``lr_up``, ``coords`` when every sample has them) into
-    batches ``(B, ...)``."""
+    """Stack ``lr``, ``ref``, ``hr`` (and ``ref_down``, ``lr_up``, ``coords``, ``chain_lr``, ``chain_length``
+    when every sample has them) into batches ``(B, ...)``."""
     out: dict[str, Any] = {}
     for key in _IMAGE_KEYS:
         if not all(key in s for s in samples):

@@ -7,6 +7,12 @@ outputs, as ESRGAN/BasicSR order it (MASA's, C2-Matching's and AMSA's own code s
 the difference is one step of lag), its loss averaged over the iteration's micro-batches (WGAN-GP: the
 penalty is computed per micro-batch, on that micro-batch's interpolates).
 
+Samples with a chain of LR frames (``open-clips``, :class:`refsr.data.clips.ClipFrames`) get their reference
+from the network itself before the loss: the chain is upscaled in order without gradients, the first frame with
+the still, each next with the output before it, rounded to 8 bits as ``refsr upscale --temporal`` writes
+and offers it, and the last output replaces the still as the sample's reference (its Ref↓ remade with PIL
+bicubic). The network thus learns to use its own outputs, and what they lack, as references.
+
 Validation (``data.val``) scores PSNR (and SSIM with ``select: ssim``) on whole images through
 :func:`refsr.models.run_padded`, with the EMA weights when EMA is on.
 """
@@ -22,6 +28,7 @@ from torch.utils.data import Dataset
 
 from refsr import metrics
 from refsr.errors import RefsrError
+from refsr.imresize import imresize
 from refsr.models import run_padded
 from refsr.train import builders
 from refsr.train.distributed import DistContext, all_reduce_mean, average_gradients, broadcast_buffers
@@ -29,7 +36,7 @@ from refsr.train.monitor import image_grid
 from refsr.train.schema import Config
 from refsr.train.task import MicroBatchResult, Precision, Task
 
-__all__ = ["RestorationTask", "update_ema"]
+__all__ = ["RestorationTask", "update_ema", "chained_references"]
 
 
 @torch.no_grad()
@@ -94,6 +101,8 @@ class RestorationTask(Task):
 
     def losses(self, net: nn.Module, batch: Mapping[str, Any], *, iteration: int,
                want_images: bool) -> MicroBatchResult:
+        if "chain_lr" in batch:
+            batch = chained_references(self.model, batch)
         sr = builders.call_model(net, batch, takes_ref_down=self.takes_ref_down)
         hr = batch["hr"]
         if sr.shape != hr.shape:
@@ -187,6 +196,43 @@ class RestorationTask(Task):
         count = max(int(totals[2].item()), 1)
         return {"psnr": float(totals[0] / count), "ssim": float(totals[1] / count) if val.select == "ssim" else None,
                 "count": int(totals[2].item()), "grids": grids}
+
+
+@torch.no_grad()
+def chained_references(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """``batch`` with the reference of every sample that has a chain replaced by the model's own output.
+
+    ``batch["chain_lr"]`` is ``(B, C, 3, h, w)``, each chain placed last (see :class:`ClipFrames`) and
+    ``batch["chain_length"]`` ``(B,)`` how many places are used. Place ``C - n`` of a chain of ``n`` is
+    upscaled with the still (``batch["ref"]``), each later place with the output before it; outputs are
+    clamped and rounded to 8 bits, as a written frame is. ``ref_down`` (when present) is remade from the new
+    references with PIL bicubic, as the datasets make it. The model runs in eval mode, then is put back.
+    """
+    lengths = batch["chain_length"]
+    out = dict(batch)
+    if not bool((lengths > 0).any()):
+        return out
+    chain = batch["chain_lr"]
+    places = chain.shape[1]
+    ref = batch["ref"].clone()
+    was_training = model.training
+    model.eval()
+    try:
+        for place in range(places):
+            rows = (lengths >= places - place).nonzero().flatten()  # the chains that use this place
+            if rows.numel():
+                sr = model(chain[rows, place], ref[rows])
+                ref[rows] = sr.float().clamp(0, 1).mul(255).round().div(255).to(ref.dtype)
+    finally:
+        model.train(was_training)
+    out["ref"] = ref
+    if "ref_down" in batch:
+        ref_down = batch["ref_down"].clone()
+        rows = (lengths > 0).nonzero().flatten()
+        ref8 = ref[rows].mul(255).round().to(torch.uint8)
+        ref_down[rows] = imresize(ref8, size=tuple(ref_down.shape[-2:]), kernel="pil").to(ref_down.dtype) / 255
+        out["ref_down"] = ref_down
+    return out
 
 
 class _GanParts:
