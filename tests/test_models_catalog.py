@@ -18,7 +18,7 @@ from refsr.cli import main
 from refsr.errors import RefsrError
 from refsr.eval import add_eval_arguments, main_eval
 from refsr.hub import default_weights_path, file_sha256, save_safetensors
-from refsr.models import DEFAULT_MODEL, get_entry
+from refsr.models import DEFAULT_MODEL, DEFAULT_VIDEO_MODEL, get_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = refsr.list_models(pretrained=True)
@@ -39,7 +39,8 @@ def test_the_default_model_ships_weights_and_only_named_models_are_listed_as_pre
     assert DEFAULT_MODEL in PRETRAINED
     assert PRETRAINED == [n for n in refsr.list_models() if get_entry(n).weights is not None]
     assert "bicubic" not in PRETRAINED  # nothing to ship: it has no parameters
-    assert refsr.list_models("masa*", pretrained=True) == ["masa-lite"]
+    assert refsr.list_models("masa*", pretrained=True) == ["masa-lite", "masa-lite-video"]
+    assert DEFAULT_VIDEO_MODEL in PRETRAINED
 
 
 @pytest.mark.parametrize("name", PRETRAINED)
@@ -79,11 +80,15 @@ def _table_rows(text: str, first_cell: str) -> list[dict[str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("doc", ["README.md", "MODEL_CARD.md"])
-def test_docs_quote_the_recorded_scores_of_the_default_model(doc: str) -> None:
-    info = get_entry(DEFAULT_MODEL).weights
+@pytest.mark.parametrize("doc, name, label", [
+    ("README.md", DEFAULT_MODEL, f"{DEFAULT_MODEL} (default)"),
+    ("MODEL_CARD.md", DEFAULT_MODEL, f"{DEFAULT_MODEL} (default)"),
+    ("MODEL_CARD.md", DEFAULT_VIDEO_MODEL, f"{DEFAULT_VIDEO_MODEL} (video)"),
+])
+def test_docs_quote_the_recorded_scores_of_the_shipped_models(doc: str, name: str, label: str) -> None:
+    info = get_entry(name).weights
     text = (ROOT / doc).read_text(encoding="utf-8")
-    rows = _table_rows(text, f"**{DEFAULT_MODEL} (default)**") + _table_rows(text, f"{DEFAULT_MODEL} (default)")
+    rows = _table_rows(text, f"**{label}**") + _table_rows(text, label)
     quoted = {}
     for row in rows:
         for column, cell in row.items():
@@ -167,7 +172,8 @@ def test_eval_refuses_a_model_without_weights() -> None:
 
 
 def test_weights_of_another_variant_are_named(tmp_path: Path) -> None:
-    with pytest.raises(RefsrError, match="for model 'masa-lite', not 'masa'.*--model masa-lite"):
+    # masa-lite-video is the same network: both names fit, the first is suggested.
+    with pytest.raises(RefsrError, match="for model 'masa-lite' or 'masa-lite-video', not 'masa'.*--model masa-lite "):
         refsr.create_model("masa", weights=default_weights_path("masa-lite"))
     with torch.device("meta"):
         full = refsr.create_model("masa")

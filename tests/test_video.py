@@ -17,7 +17,7 @@ from PIL import Image
 import refsr
 from refsr.cli import main
 from refsr.errors import RefsrError
-from refsr.video import FrameUpscaler, _StillsFromVideo, stills_around
+from refsr.video import FrameUpscaler, _StillsFromVideo, stills_around, video_model
 
 TINY = dict(nf=8, encoder_blocks=(1, 1, 1), unet_blocks=(1, 1, 1), fusion_blocks=(1, 1, 1))
 
@@ -269,6 +269,27 @@ def test_command_line_writes_the_video_and_a_status(tmp_path: Path, capsys: pyte
     assert lines[-1].startswith(f"{tmp_path / 'x4.mp4'}: bicubic on cpu, 4 frames, 1 tile per frame, ")
     assert f"{source}: 4/4 frames" in lines
     assert len(read_frames(tmp_path / "x4.mp4")[0]) == 4
+
+
+def test_the_default_model_of_a_video_with_stills_is_the_video_model(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    frames = moving_frames(3)
+    source = write_clip(tmp_path / "clip.mkv", frames)
+    Image.fromarray(pil_bicubic_x4(frames[0])).save(tmp_path / "still.png")
+    for model, extra in (("masa-lite-video", ["--ref", tmp_path / "still.png"]), ("masa-lite", [])):
+        code, _, err = run_cli(["upscale", source, *extra, "-o", tmp_path / f"default-{model}.mkv",
+                                "--codec", "ffv1", "--progress"], capsys)
+        assert code == 0 and f": {model} on cpu" in err.splitlines()[-1], err  # the status line names it
+        code, _, err = run_cli(["upscale", source, *extra, "-o", tmp_path / f"{model}.mkv", "--codec", "ffv1",
+                                "--model", model, "--quiet"], capsys)
+        assert code == 0, err
+        # The same frames as the model named (ffv1 is lossless).
+        assert np.array_equal(read_frames(tmp_path / f"default-{model}.mkv")[0],
+                              read_frames(tmp_path / f"{model}.mkv")[0])
+    # The Python API chooses the same way.
+    refsr.upscale_video(source, tmp_path / "api.mkv", [tmp_path / "still.png"], codec="ffv1")
+    assert np.array_equal(read_frames(tmp_path / "api.mkv")[0], read_frames(tmp_path / "masa-lite-video.mkv")[0])
+    assert video_model("default", stills=True, weights="w.safetensors") == "masa-lite"  # a file: as refsr.upscale
 
 
 def _snapshot(root: Path) -> dict[str, str]:

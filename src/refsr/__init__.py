@@ -27,6 +27,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "convert_official": ("refsr.models", "convert_official"),
     "list_models": ("refsr.models", "list_models"),
     "DEFAULT_MODEL": ("refsr.models", "DEFAULT_MODEL"),
+    "DEFAULT_VIDEO_MODEL": ("refsr.models", "DEFAULT_VIDEO_MODEL"),
     "upscale": ("refsr.inference", "upscale"),
     "upscale_video": ("refsr.video", "upscale_video"),
     "imresize": ("refsr.imresize", "imresize"),
@@ -47,6 +48,7 @@ __all__ = [
     "matching",
     "ops",
     "DEFAULT_MODEL",
+    "DEFAULT_VIDEO_MODEL",
     "__version__",
 ]
 
@@ -57,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from refsr.imresize import imresize
     from refsr.inference import upscale
     from refsr.video import upscale_video
-    from refsr.models import DEFAULT_MODEL, convert_official, list_models
+    from refsr.models import DEFAULT_MODEL, DEFAULT_VIDEO_MODEL, convert_official, list_models
 
 
 def __getattr__(name: str) -> Any:

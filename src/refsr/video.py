@@ -28,10 +28,14 @@ and each frame is planned, tiled and decoded exactly as :func:`refsr.upscale` do
   next one (read ahead from the high-resolution clip, which is decoded alongside). A reference video of
   another size is resized to the output's size (PIL bicubic); one of another aspect ratio is refused.
 - ``temporal=True``: the previous output frame is offered as one more reference, so that detail carried
-  from a still propagates to frames far from it (the recurrent idea of reference-based video SR). The shipped
-  model was not trained for it and loses by it: on the open clips 31.48 dB against 32.26 for the stills
-  alone, while even each frame's own ground truth as its reference reaches only 32.58 (``refsr eval
-  --video``; README, Video).
+  from a still propagates to frames far from it (the recurrent idea of reference-based video SR). It loses
+  to the stills alone, also with the video model, which was trained with chains of its own outputs as
+  references: the previous output wins the per-tile match (it shows nearly the same content) but is a worse
+  texture source than a real still, and the loss compounds from frame to frame (``refsr eval --video``;
+  README, Video).
+- Model. ``model="default"`` with stills runs :data:`~refsr.models.DEFAULT_VIDEO_MODEL` (``masa-lite-video``,
+  trained on whole clips with stills a few frames away; :func:`video_model`), without stills the default
+  model.
 - No stills: each frame is its own reference (the frame upscaled with PIL bicubic), as for images.
 """
 
@@ -75,7 +79,7 @@ from refsr.inference import (
     stitch_references,
 )
 from refsr.io import atomic_output, check_output_file, read_image
-from refsr.models import pad_inputs, pad_to_rule
+from refsr.models import DEFAULT_MODEL, DEFAULT_VIDEO_MODEL, pad_inputs, pad_to_rule
 
 __all__ = [
     "upscale_video",
@@ -85,6 +89,7 @@ __all__ = [
     "is_video_path",
     "default_codec",
     "stills_around",
+    "video_model",
     "VideoResult",
 ]
 
@@ -194,6 +199,21 @@ class PreparedReference:
     name: str
     size: tuple[int, int]
     prepared: Any
+
+
+def video_model(model: str | torch.nn.Module, *, stills: bool, weights: PathLike | None = None
+                ) -> str | torch.nn.Module:
+    """The model a clip runs when ``model`` is ``"default"``: :data:`~refsr.models.DEFAULT_VIDEO_MODEL` when it
+    has high-resolution stills and no weights file is given (trained on clips with stills: +1.6 dB on the open
+    clips), :data:`~refsr.models.DEFAULT_MODEL` without stills (better with a frame as its own reference).
+    Any other ``model`` as it is.
+
+    >>> video_model("default", stills=True), video_model("default", stills=False), video_model("ssen", stills=True)
+    ('masa-lite-video', 'masa-lite', 'ssen')
+    """
+    if not (isinstance(model, str) and model == "default"):
+        return model
+    return DEFAULT_VIDEO_MODEL if stills and weights is None else DEFAULT_MODEL
 
 
 def stills_around(index: int, spacing: int, count: int | None = None) -> list[int]:
@@ -616,6 +636,7 @@ def run_video(
     clip = _Clip(source)
     hr_stills: _StillsFromVideo | None = None
     try:
+        model = video_model(model, stills=bool(stills) or ref_video is not None, weights=weights)
         net = resolve_model(model, weights, random_weights=random_weights)
         with _ffmpeg(str(source)):
             out_size = (clip.size[0] * int(net.scale), clip.size[1] * int(net.scale))
@@ -735,10 +756,12 @@ def upscale_video(
         output: the output video; its extension (``.mp4``, ``.mkv``, ``.mov``, ``.avi``) picks the container.
         ref: stills offered to every frame: an image (PIL, array or path) or a list of them; ``None`` for
             none (each frame is then its own reference, unless ``ref_video`` gives stills).
-        model, weights, random_weights, device, max_memory, tile, multi_ref, matching, precision: as
+        model: as :func:`refsr.upscale`, except that ``"default"`` with stills (``ref`` or ``ref_video``) runs
+            :data:`~refsr.models.DEFAULT_VIDEO_MODEL`, trained for them (:func:`video_model`).
+        weights, random_weights, device, max_memory, tile, multi_ref, matching, precision: as
             :func:`refsr.upscale`, per frame.
-        temporal: offer the previous output frame as one more reference (with the shipped model this lowers
-            the quality: see the module docstring).
+        temporal: offer the previous output frame as one more reference (see the module docstring for what it
+            gives).
         ref_video: a high-resolution version of the same clip; every ``ref_frames``-th frame is a still for
             the frames around it.
         ref_frames: the spacing of those stills (default 16).

@@ -117,3 +117,15 @@ def test_video_eval_runs_the_methods_asked_for(ci_data: Path, capsys: pytest.Cap
     assert code == 0
     assert "HR as reference" in out and "Bicubic" in out
     assert "Stills" not in out and "Self-reference" not in out
+
+
+def test_the_default_runs_the_video_model_where_frames_get_references(ci_data: Path) -> None:
+    """``"default"`` is what refsr upscale runs: masa-lite-video for the rows with stills or the frame's own HR,
+    masa-lite for self-reference; each row scores as the named model does on its own."""
+    options = dict(root=ci_data, clips=["bikes"], spacing=4, frames=5, start=30)
+    report = evaluate_video("default", methods=("Self-reference", "Stills", "HR as reference"), **options)
+    assert report.settings["models"] == {"Self-reference": "masa-lite", "Stills": "masa-lite-video",
+                                         "HR as reference": "masa-lite-video"}
+    for name, method in (("masa-lite", "Self-reference"), ("masa-lite-video", "Stills")):
+        alone = evaluate_video(name, methods=(method,), **options)
+        assert [r["psnr"] for r in alone.frames] == [r["psnr"] for r in report.frames if r["method"] == method]

@@ -269,6 +269,7 @@ def _main_video(args: argparse.Namespace) -> int:
     from refsr.eval.suite import _check_json_path, write_json
     from refsr.eval.video import METHODS, evaluate_video, video_methods
     from refsr.inference import parse_memory, resolve_device, resolve_model
+    from refsr.models import DEFAULT_VIDEO_MODEL
 
     if args.dataset:
         raise RefsrError("--video evaluates the open benchmark's clips; leave out --dataset")
@@ -276,7 +277,10 @@ def _main_video(args: argparse.Namespace) -> int:
         _check_json_path(Path(args.json))
     budget = parse_memory(args.max_memory)
     device = resolve_device(args.device)
-    model = resolve_model(args.model, args.weights)
+    # The default model stays a name: evaluate_video then runs the video model where frames get stills, as
+    # refsr upscale does.
+    default = args.model == "default" and args.weights is None
+    model = "default" if default else resolve_model(args.model, args.weights)
     roots = args.root or []
     if len(roots) > 1:
         raise RefsrError("--video takes one --root (the data cache)")
@@ -292,7 +296,10 @@ def _main_video(args: argparse.Namespace) -> int:
         device=device, max_memory=budget, protocol=args.protocol, figures=args.figures,
         progress=news if sys.stderr.isatty() else None,
     )
-    report.settings.update({"model": _model_label(args.model, args.weights)})
+    label = _model_label(args.model, args.weights)
+    if default:
+        label += f"; {DEFAULT_VIDEO_MODEL} where frames get stills or their own HR"
+    report.settings.update({"model": label})
     _print(report.render())
     if args.json is not None:
         print(f"\nJSON report: {write_json(args.json, report.to_dict())}")

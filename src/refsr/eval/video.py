@@ -19,7 +19,11 @@ The hybrid-camera protocol of issue #20. For each clip of the open benchmark's `
    - ``Stills + temporal``: the same and the previous output frame (``--temporal``);
    - ``HR as reference``: the frame's own ground truth as its only reference. No user has it; it
      measures what a perfect reference is worth to the model, the ceiling for any still or previous output
-     offered in its place (with the shipped model, 0.32 dB above the stills on average: see the README).
+     offered in its place (1.43 dB above the stills for ``masa-lite-video``, 0.32 dB for ``masa-lite``: see
+     the README).
+
+   With ``model="default"`` the rows with references run ``masa-lite-video`` and self-reference runs
+   ``masa-lite``, as ``refsr upscale`` does (:func:`refsr.video.video_model`).
 
 4. Scores: PSNR/SSIM (:mod:`refsr.metrics`, protocol ``masa`` by default: Y, no crop) of every frame that is
    not a still, pooled over frames and clips, overall and by the distance to the nearest still; and a flicker
@@ -42,27 +46,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from refsr.data.cache import PathLike, data_root, is_complete
+from refsr.data.cache import PathLike
+from refsr.data.clips import VideoClip, read_clip, video_clips
 from refsr.data.degrade import make_lr, mod_crop
-from refsr.data.fetch import read_manifest
-from refsr.data.open_pairs import VideoFrames, natural_key
 from refsr.errors import RefsrError
 from refsr.eval.figures import fit_panel, labelled_row, texture_box
 from refsr.eval.tables import Table
 from refsr.imresize import imresize
-from refsr.io import read_image, write_image
+from refsr.io import write_image
 from refsr.metrics import get_protocol, psnr, rgb_to_y, ssim
-from refsr.video import FrameUpscaler, PreparedReference, stills_around
+from refsr.video import FrameUpscaler, PreparedReference, stills_around, video_model
 
 __all__ = ["VideoClip", "video_clips", "read_clip", "VideoEvalReport", "evaluate_video", "METHODS", "video_methods",
            "flicker"]
 
 #: The methods, in table order.
 METHODS = ("Bicubic", "Self-reference", "Stills", "Stills + temporal", "HR as reference")
+# The methods whose frames get a reference other than themselves (the video model's, by default).
+_WITH_REFERENCES = ("Stills", "Stills + temporal", "HR as reference")
 #: Short names for the command line's ``--methods``.
 METHOD_SHORT_NAMES = {"bicubic": "Bicubic", "self": "Self-reference", "stills": "Stills",
                       "temporal": "Stills + temporal", "hr": "HR as reference"}
-_VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov"}
 
 
 def video_methods(names: Sequence[str]) -> tuple[str, ...]:
@@ -82,71 +86,6 @@ def video_methods(names: Sequence[str]) -> tuple[str, ...]:
             raise RefsrError(f"unknown video method {name.strip()!r}; use {', '.join(METHOD_SHORT_NAMES)}")
         wanted.add(method)
     return tuple(m for m in METHODS if m in wanted)
-
-
-@dataclass(frozen=True)
-class VideoClip:
-    """A clip of the open benchmark: ``name`` (the manifest's pair id without the frame pair), the path under
-    the data cache (a video file or an image-sequence pattern), its first usable frame and the manifest note."""
-
-    name: str
-    path: str
-    first: int
-    note: str
-
-
-def video_clips(split: str = "eval", *, root: PathLike | None = None, scale: int = 4,
-                sources: Sequence[str] | None = None, names: Sequence[str] | None = None) -> list[VideoClip]:
-    """The clips behind the ``video`` pairs of ``split`` whose data is fetched.
-
-    Raises:
-        RefsrError: an unknown split or clip name, or none of the clips fetched.
-    """
-    from refsr.data.open_pairs import KINDS
-
-    if split not in KINDS:
-        raise RefsrError(f"unknown split {split!r} for video clips; choose one of {', '.join(KINDS)}")
-    cache = data_root(root)
-    clips: dict[str, VideoClip] = {}
-    for row in read_manifest("manifest_pairs.csv"):
-        if row["split"] != split or row["kind"] != "video":
-            continue
-        if "x2 only" in row["note"] and scale != 2:
-            continue
-        if sources is not None and row["source"] not in sources:
-            continue
-        name = row["pair_id"].rsplit(":", 1)[0]
-        first = min(int(row["target_index"]), int(row["ref_index"]))
-        known = clips.get(row["target"])
-        if known is None or first < known.first:
-            clips[row["target"]] = VideoClip(name, row["target"], first, row["note"])
-    found = list(clips.values())
-    if names:
-        wanted = {n.strip() for n in names}
-        short = {c.name.split(":", 1)[-1]: c for c in found} | {c.name: c for c in found}
-        unknown = sorted(wanted - set(short))
-        if unknown:
-            raise RefsrError(f"unknown clip {unknown[0]!r}; the {split} split has "
-                             f"{', '.join(c.name.split(':', 1)[-1] for c in found)}")
-        found = [c for c in found if c.name in wanted or c.name.split(":", 1)[-1] in wanted]
-    fetched = [c for c in found if is_complete(cache / c.path.split("/", 1)[0])]
-    if not fetched:
-        raise RefsrError(f"{cache}: none of the {split} video clips is fetched; run 'refsr data fetch'")
-    return fetched
-
-
-def read_clip(clip: VideoClip, root: PathLike | None, start: int, count: int) -> list[np.ndarray]:
-    """Frames ``clip.first + start`` onwards (at most ``count``) as ``HxWx3`` uint8 RGB (grey replicated)."""
-    full = data_root(root) / clip.path
-    first = clip.first + start
-    if "*" in clip.path:
-        files = sorted((p for p in full.parent.glob(full.name) if p.is_file()), key=lambda p: natural_key(p.name))
-        return [read_image(p) for p in files[first : first + count]]
-    if Path(clip.path).suffix.lower() not in _VIDEO_SUFFIXES:
-        raise RefsrError(f"{full}: not a video or an image sequence")
-    video = VideoFrames(full)
-    indices = list(range(first, min(first + count, len(video))))
-    return video.read_sequential(indices)
 
 
 def flicker(outputs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> float:
@@ -245,7 +184,9 @@ def evaluate_video(
     """Run the protocol of the module docstring; returns the report with its tables filled in.
 
     Args:
-        model: a model name, ``"default"`` or an ``nn.Module``.
+        model: a model name, ``"default"`` or an ``nn.Module``. ``"default"`` runs what ``refsr upscale`` runs
+            (:func:`refsr.video.video_model`): the rows with stills or the frame's own HR as reference run
+            ``masa-lite-video``, self-reference runs ``masa-lite``.
         split: ``"eval"`` or ``"cgi"``.
         spacing: a still every ``spacing`` frames.
         frames: frames per clip (at most; cut to whole intervals plus one).
@@ -268,21 +209,27 @@ def evaluate_video(
     if unknown:
         raise RefsrError(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}")
     get_protocol(protocol)
-    net = resolve_model(model)
-    scale = int(net.scale)
+    # "default" runs what refsr upscale runs: the video model where the frames get references, the default
+    # model where they are their own.
+    chosen_models = {with_refs: video_model(model, stills=with_refs) for with_refs in (False, True)}
+    nets = {with_refs: resolve_model(m) for with_refs, m in chosen_models.items()}
+    scale = int(nets[True].scale)
     chosen = video_clips(split, root=root, scale=scale, sources=sources, names=clips)
     if limit is not None:
         chosen = chosen[: max(0, int(limit))]
+    names = {with_refs: m if isinstance(m, str) else type(m).__name__ for with_refs, m in chosen_models.items()}
     report = VideoEvalReport(settings=dict(split=split, spacing=spacing, frames=frames, start=start, scale=scale,
-                                           protocol=protocol, methods=list(methods), clips=[c.name for c in chosen]))
+                                           protocol=protocol, methods=list(methods), clips=[c.name for c in chosen],
+                                           models={m: names[m in _WITH_REFERENCES] for m in methods
+                                                   if m != "Bicubic"}))
     for clip in chosen:
-        _evaluate_clip(net, clip, root, spacing, frames, start, scale, device, max_memory, protocol, methods,
+        _evaluate_clip(nets, clip, root, spacing, frames, start, scale, device, max_memory, protocol, methods,
                        figures, report, progress)
     _fill_tables(report, spacing, methods)
     return report
 
 
-def _evaluate_clip(net: torch.nn.Module, clip: VideoClip, root: PathLike | None, spacing: int, frames: int,
+def _evaluate_clip(nets: dict[bool, torch.nn.Module], clip: VideoClip, root: PathLike | None, spacing: int, frames: int,
                    start: int, scale: int, device: Any, max_memory: Any, protocol: str, methods: Sequence[str],
                    figures: PathLike | None, report: VideoEvalReport, progress: Callable[[str], None] | None) -> None:
     decoded = read_clip(clip, root, start, frames)
@@ -302,7 +249,7 @@ def _evaluate_clip(net: torch.nn.Module, clip: VideoClip, root: PathLike | None,
         started = time.monotonic()
         if progress is not None:
             progress(f"{clip.name}: {method} on {count} frames of {size[1]}x{size[0]}")
-        run = _method_runner(net, method, size, spacing, count, hr, device, max_memory)
+        run = _method_runner(nets[method in _WITH_REFERENCES], method, size, spacing, count, hr, device, max_memory)
         previous: tuple[np.ndarray, np.ndarray] | None = None
         steps = []
         for t in range(count):

@@ -28,9 +28,14 @@ from refsr.models._size import SizeRule, pad_to_rule
 
 __all__ = ["RefSRModel", "SizeRule", "MemoryCost", "GENERIC_MEMORY_COST", "PaddedInputs", "pad_inputs", "pad_to_rule",
            "run_padded", "ModelEntry", "WeightsInfo", "get_entry", "list_models", "convert_official",
-           "register_model", "register_converter", "DEFAULT_MODEL"]
+           "register_model", "register_converter", "DEFAULT_MODEL", "DEFAULT_VIDEO_MODEL"]
 
 # What ``refsr.upscale(model="default")`` and ``refsr upscale`` run, with ``weights="default"``: masa-lite trained
 # here on the open benchmark's training split (configs/default.yaml; MODEL_CARD.md says on what, for how long
 # and what it reaches). Its weights ship as ``refsr/weights/masa-lite.safetensors``.
 DEFAULT_MODEL = "masa-lite"
+# What a video upscaled with high-resolution stills runs when no model is named (``refsr upscale clip.mp4 --ref
+# ...``, ``refsr.upscale_video``, the still rows of ``refsr eval --video``): the default model fine-tuned on whole
+# clips with stills a few frames away and chains of its own outputs (configs/masa-lite-video.yaml). Without
+# stills a video runs DEFAULT_MODEL, which is better at using a frame as its own reference.
+DEFAULT_VIDEO_MODEL = "masa-lite-video"

@@ -1117,11 +1117,45 @@ MASA_LITE_WEIGHTS = WeightsInfo(
 )
 
 
+_MASA_LITE_ARGS = dict(nf=32, encoder_blocks=(2, 2, 2), unet_blocks=(1, 1, 1), fusion_blocks=(6, 4, 2))
+
+
 @register_model("masa-lite", paper="MASA-SR (CVPR 2021)", weights=MASA_LITE_WEIGHTS)
 def masa_lite(**kwargs: Any) -> MASA:
     """MASA-SR with 32 channels and about half the ResBlocks, sized for training on a CPU."""
-    model_args = dict(nf=32, encoder_blocks=(2, 2, 2), unet_blocks=(1, 1, 1), fusion_blocks=(6, 4, 2))
-    return build_variant(MASA, "masa-lite", model_args, kwargs)
+    return build_variant(MASA, "masa-lite", _MASA_LITE_ARGS, kwargs)
+
+
+#: The video model's weights (``refsr/weights/masa-lite-video.safetensors``): the default weights fine-tuned on
+#: whole clips with stills and chains of its own outputs; MODEL_CARD.md, "The video model".
+MASA_LITE_VIDEO_WEIGHTS = WeightsInfo(
+    file="masa-lite-video.safetensors",
+    sha256="e7231e72bc64e63e04949bb30e53f5ac546b5d0286e1d19b2f4175397204fc9d",
+    parameters=621_187,
+    scale=4,
+    degradation="bicubic",
+    recipe=("configs/default.yaml", "configs/default-gpu.yaml", "configs/masa-lite-video.yaml"),
+    hardware="stages 1 and 3: a 2-core CPU; stage 2: one NVIDIA H200",
+    training_time="stages 1 and 2: as masa-lite; stage 3: 40 min (2,515 iterations of 8, bf16)",
+    training_data="stages 1 and 2: as masa-lite; stage 3: every frame of the two CGI training clips (401 frames), "
+                  "each with an HR still 1-8 frames away or, half the time, a chain of 1-3 of its own outputs "
+                  "from that still",
+    protocol="masa",
+    eval_command="refsr eval --dataset open --model masa-lite-video --breakdown kind,gap",
+    scores={
+        "all": (33.09, 0.927), "video": (33.72, 0.939), "stereo_calib": (26.67, 0.888),
+        "landmark": (27.04, 0.779), "multiview": (27.77, 0.780), "stereo": (28.96, 0.823),
+        "thumbnail": (24.53, 0.721), "flow": (37.42, 0.937),
+        "gap 1": (34.39, 0.949), "gap 4": (33.78, 0.939), "gap 8": (33.52, 0.935), "gap 16": (33.12, 0.930),
+    },
+    pairs=356,
+)
+
+
+@register_model("masa-lite-video", paper="MASA-SR (CVPR 2021)", weights=MASA_LITE_VIDEO_WEIGHTS)
+def masa_lite_video(**kwargs: Any) -> MASA:
+    """masa-lite trained for video with high-resolution stills: the default for ``refsr upscale clip --ref``."""
+    return build_variant(MASA, "masa-lite-video", _MASA_LITE_ARGS, kwargs)
 
 
 # ---------------------------------------------------------------------- official checkpoints
