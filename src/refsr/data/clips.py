@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 from refsr.data.cache import PathLike, data_root, is_complete
 from refsr.data.degrade import make_lr, mod_crop, to_tensor
 from refsr.data.fetch import read_manifest
-from refsr.data.open_pairs import KINDS, VIDEO_SUFFIXES, VideoFrames, checked_multiple, natural_key
+from refsr.data.open_pairs import KINDS, VIDEO_SUFFIXES, VideoFrames, checked_multiple, sequence_files
 from refsr.data.standard import STREAM_FRAMES, seeded_generator
 from refsr.errors import RefsrError
 from refsr.io import read_image
@@ -95,17 +95,12 @@ def video_clips(split: str = "eval", *, root: PathLike | None = None, scale: int
     return fetched
 
 
-def _sequence(full: Path) -> list[Path]:
-    files = [p for p in full.parent.glob(full.name) if p.is_file()]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
 def read_clip(clip: VideoClip, root: PathLike | None, start: int, count: int) -> list[np.ndarray]:
     """Frames ``clip.first + start`` onwards (at most ``count``) as ``HxWx3`` uint8 RGB (grey replicated)."""
     full = data_root(root) / clip.path
     first = clip.first + start
     if "*" in clip.path:
-        return [read_image(p) for p in _sequence(full)[first : first + count]]
+        return [read_image(p) for p in sequence_files(full)[first : first + count]]
     if Path(clip.path).suffix.lower() not in VIDEO_SUFFIXES:
         raise RefsrError(f"{full}: not a video or an image sequence")
     video = VideoFrames(full)
@@ -117,7 +112,7 @@ def _clip_length(clip: VideoClip, root: PathLike | None) -> int:
     """Frames of ``clip`` from its first usable one to its end."""
     full = data_root(root) / clip.path
     if "*" in clip.path:
-        total = len(_sequence(full))
+        total = len(sequence_files(full))
     else:
         total = len(VideoFrames(full))
     return max(total - clip.first, 0)
@@ -153,9 +148,6 @@ class ClipFrames(Dataset):
     Raises:
         RefsrError: no clip fetched, a clip too short for ``max_gap``, or bad arguments.
     """
-
-    #: Samples may carry a chain of LR frames (``chain_lr``) for the training task to run.
-    frame_chains: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -232,7 +224,7 @@ class ClipFrames(Dataset):
         clip = self.clips[c]
         full = self.root / clip.path
         if "*" in clip.path:
-            files = _sequence(full)
+            files = sequence_files(full)
             return [self._prepare(read_image(files[clip.first + i])) for i in indices]
         video = self._videos.get(c)
         if video is None:

@@ -57,7 +57,7 @@ from refsr.errors import RefsrError
 from refsr.io import read_image
 
 __all__ = ["OpenPairs", "VideoFrames", "KINDS", "SPLITS", "natural_key", "load_disparity", "checked_multiple",
-           "VIDEO_SUFFIXES"]
+           "VIDEO_SUFFIXES", "sequence_files"]
 
 #: The kinds of pair in the manifest, by split.
 KINDS = {
@@ -216,7 +216,8 @@ class VideoFrames:
         return found
 
 
-def _sequence_files(pattern_path: Path) -> list[Path]:
+def sequence_files(pattern_path: Path) -> list[Path]:
+    """The files an image-sequence pattern (``.../image.*.pgm``) matches, in frame order (natural sort)."""
     files = [p for p in pattern_path.parent.glob(pattern_path.name) if p.is_file()]
     return sorted(files, key=lambda p: natural_key(p.name))
 
@@ -418,7 +419,7 @@ class OpenPairs(Dataset):
             return image
         full = self.root / path
         if "*" in path:
-            files = _sequence_files(full)
+            files = sequence_files(full)
             i = int(index)
             if i >= len(files):
                 raise RefsrError(
